@@ -1,0 +1,68 @@
+"""One latency harness for every runner: the same warm-up, stopping rule and statistics.
+
+Warm up (count and time), then time single calls until both a minimum count and a minimum time
+are reached (or a time cap), and report median/p90/p99/mean and the coefficient of variation,
+so a noisy machine shows up as a high CoV rather than as a wrong number.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class LatencyStats:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+    cov: float  # standard deviation / mean
+    n: int
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def stats_from(samples_ms: list[float]) -> LatencyStats:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    mean = float(a.mean())
+    cov = float(a.std(ddof=1) / mean) if len(a) > 1 and mean > 0 else 0.0
+    return LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), float(np.percentile(a, 99)), mean, float(a.min()), cov, len(a))
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 5, warmup_s: float = 0.2, min_iters: int = 20,
+            min_time_s: float = 1.0, max_time_s: float = 30.0) -> LatencyStats:
+    """Latency of `fn()` in milliseconds."""
+    t_end = time.perf_counter() + warmup_s
+    for i in range(max(warmup, 1)):
+        fn()
+    while time.perf_counter() < t_end:
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        elapsed = time.perf_counter() - start
+        if (len(samples) >= min_iters and elapsed >= min_time_s) or elapsed >= max_time_s:
+            return stats_from(samples)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, **kw) -> dict[str, LatencyStats]:
+    """Time several alternatives in turns (A B C A B C …) so drift hits all alike; medians of repeats."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            s = measure(fn, **kw)
+            per[k].append(s.p50)
+    return {k: stats_from(v) for k, v in per.items()}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

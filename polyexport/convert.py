@@ -1,0 +1,286 @@
+"""Swap every known layer for its deploy form, then fold BatchNorm into the conv before it.
+
+The registry is keyed by the reference layer's type. Each layer file in `deploy_layers/` registers
+its forms with `register_layer`; each file in `adapters/` registers recognisers for the same layer
+written by other codebases (timm, the papers' repos), which rebuild it as our reference first.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import pkgutil
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import fx, nn
+
+from .errors import BadInput
+
+TARGETS = ("onnx", "onnxruntime", "openvino", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Form:
+    """One exact deploy form of a layer.
+
+    build(ref) -> module equal to ref(x) for every input the reference accepts.
+    exact_for(ref) -> None if the form represents this configuration exactly, else the reason not.
+    """
+
+    name: str
+    build: Callable[[nn.Module], nn.Module]
+    dynamic_batch: bool = True  # works from one graph for any batch size
+    constant_weights: bool = True  # every Conv weight is an initializer (TensorRT's parser needs it)
+    exact_for: Callable[[nn.Module], str | None] = lambda ref: None
+    note: str = ""
+
+
+@dataclass
+class LayerEntry:
+    ref_type: type
+    forms: dict[str, Form]
+    prefer: dict[str, list[str]]  # target (or "*") -> form names, best first
+
+    def candidates(self, target: str | None) -> list[Form]:
+        order = self.prefer.get(target or "*") or self.prefer.get("*") or list(self.forms)
+        rest = [n for n in self.forms if n not in order]
+        return [self.forms[n] for n in [*order, *rest]]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Recognises a foreign class by structure and rebuilds it as our reference layer."""
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    to_reference: Callable[[nn.Module], nn.Module]
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    type: str
+    form: str  # the deploy form, or "reference" where none applied, or "folded" for a BN
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        d = {"name": self.name, "type": self.type, "form": self.form}
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+_LAYERS: dict[type, LayerEntry] = {}
+_ADAPTERS: list[Adapter] = []
+_loaded = False
+
+
+def register_layer(ref_type: type, forms: Iterable[Form], prefer: dict[str, list[str]] | None = None) -> None:
+    forms = list(forms)
+    _LAYERS[ref_type] = LayerEntry(ref_type, {f.name: f for f in forms}, prefer or {"*": [f.name for f in forms]})
+
+
+def register_adapter(name: str, matches: Callable[[nn.Module], bool], to_reference: Callable[[nn.Module], nn.Module]) -> None:
+    _ADAPTERS.append(Adapter(name, matches, to_reference))
+
+
+def _load_plugins() -> None:
+    """Import every file of deploy_layers/ and adapters/: each registers itself."""
+    global _loaded
+    if _loaded:
+        return
+    for pkg in ("deploy_layers", "adapters"):
+        mod = importlib.import_module(f"{__package__}.{pkg}")
+        for info in pkgutil.iter_modules(mod.__path__):
+            importlib.import_module(f"{mod.__name__}.{info.name}")
+    _loaded = True
+
+
+def registered_layers() -> dict[type, LayerEntry]:
+    _load_plugins()
+    return dict(_LAYERS)
+
+
+def parse_form_overrides(items: Iterable[str] | None) -> dict[str, str]:
+    """['PSConv2d=regrouped'] -> {'PSConv2d': 'regrouped'}, checked against the registry."""
+    _load_plugins()
+    out: dict[str, str] = {}
+    by_name = {t.__name__: e for t, e in _LAYERS.items()}
+    for item in items or []:
+        layer, sep, form = item.partition("=")
+        if not sep:
+            raise BadInput(f"--form '{item}': expected LAYER_TYPE=FORM")
+        if layer not in by_name:
+            raise BadInput(f"--form '{item}': unknown layer type '{layer}'; known: {', '.join(sorted(by_name)) or 'none'}")
+        if form not in by_name[layer].forms and form != "reference":
+            raise BadInput(f"--form '{item}': {layer} has no form '{form}'; it has: {', '.join(by_name[layer].forms)}, reference")
+        out[layer] = form
+    return out
+
+
+def _choose(entry: LayerEntry, ref: nn.Module, name: str, target: str | None, dynamic_batch: bool,
+            forced: str | None, strict: bool) -> tuple[Form | None, str]:
+    """The form to use for this module, or (None, reason) to keep the reference."""
+    label = f"{name} ({type(ref).__name__})"
+
+    def unusable(form: Form) -> str | None:
+        if dynamic_batch and not form.dynamic_batch:
+            return "needs a static batch, and --dynamic-batch was asked"
+        if target == "tensorrt" and not form.constant_weights and forced != form.name:
+            return "computes conv weights at run time, which TensorRT's parser rejects"
+        return form.exact_for(ref)
+
+    if forced == "reference":
+        return None, "kept as reference (--form)"
+    if forced is not None:
+        form = entry.forms[forced]
+        why = unusable(form)
+        if why:
+            ok = [f.name for f in entry.forms.values() if unusable(f) is None]
+            raise BadInput(f"--form {type(ref).__name__}={forced} cannot be used for {label}: {why}; forms that would work: {', '.join(ok) or 'none'}")
+        return form, ""
+    reasons = []
+    for form in entry.candidates(target):
+        why = unusable(form)
+        if why is None:
+            return form, ""
+        reasons.append(f"{form.name}: {why}")
+    msg = f"no exact deploy form for {label}: " + "; ".join(reasons)
+    if strict:
+        raise BadInput(msg + " (--strict)")
+    return None, msg
+
+
+def _adapt(module: nn.Module) -> tuple[nn.Module, str] | None:
+    for adapter in _ADAPTERS:
+        try:
+            if adapter.matches(module):
+                return adapter.to_reference(module), adapter.name
+        except Exception as e:  # noqa: BLE001 - an adapter that cannot read the module declines it
+            warnings.warn(f"adapter {adapter.name} declined {type(module).__name__}: {e}", stacklevel=2)
+    return None
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
+                dynamic_batch: bool = False, strict: bool = False) -> list[LayerRecord]:
+    """Replace, in place, every registered (or adaptable) layer by its chosen deploy form."""
+    _load_plugins()
+    forms = forms or {}
+    records: list[LayerRecord] = []
+    skip_below: list[str] = []
+    for name, module in list(model.named_modules()):
+        if not name or any(name.startswith(p + ".") for p in skip_below):
+            continue
+        ref, via = module, ""
+        entry = _LAYERS.get(type(module))
+        if entry is None:
+            adapted = _adapt(module)
+            if adapted is None:
+                continue
+            ref, via = adapted
+            entry = _LAYERS.get(type(ref))
+            if entry is None:
+                continue
+        skip_below.append(name)
+        form, why = _choose(entry, ref, name, target, dynamic_batch, forms.get(type(ref).__name__), strict)
+        note = f"recognised by adapter {via}" if via else ""
+        if form is None:
+            if via:  # keep the user's own module rather than our re-creation of it
+                ref = module
+            records.append(LayerRecord(name, type(module).__name__, "reference", "; ".join(x for x in (note, why) if x)))
+            continue
+        with torch.no_grad():
+            new = form.build(ref.eval())
+        _set_submodule(model, name, new.eval())
+        records.append(LayerRecord(name, type(module).__name__, form.name, note))
+    return records
+
+
+# --- BN folding ------------------------------------------------------------------------------
+
+class _LeafTracer(fx.Tracer):
+    """Keeps torch.nn layers and deploy modules (anything with `fuse_bn`) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return hasattr(m, "fuse_bn") or super().is_leaf_module(m, qualname)
+
+
+def _foldable(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.padding_mode == "zeros") or hasattr(m, "fuse_bn")
+
+
+def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]] | None:
+    """(conv, bn) submodule names where bn consumes the conv's output and nothing else does.
+
+    None if the module cannot be traced symbolically (then its children are tried one by one).
+    """
+    try:
+        graph = _LeafTracer().trace(module)
+    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
+        return None
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        producer = module.get_submodule(node.target)
+        if not _foldable(producer) or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.op != "call_module" or calls[user.target] != 1 or len(user.args) != 1:
+            continue
+        bn = module.get_submodule(user.target)
+        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
+            pairs.append((node.target, user.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
+    """Fold every BatchNorm2d that directly follows a conv (or a deploy module) into it, in place."""
+    from .deploy_layers.conv_bn import fuse_conv_bn
+
+    records: list[LayerRecord] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        pairs = _conv_bn_pairs(module)
+        if pairs is None:
+            for child_name, child in module.named_children():
+                visit(child, f"{prefix}{child_name}.")
+            return
+        for conv_name, bn_name in pairs:
+            conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
+            fused = conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn)
+            _set_submodule(module, conv_name, fused)
+            _set_submodule(module, bn_name, nn.Identity())
+            records.append(LayerRecord(prefix + bn_name, "BatchNorm2d", "folded", f"into {prefix + conv_name}"))
+
+    visit(model, "")
+    return records
+
+
+def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
+            dynamic_batch: bool = False, strict: bool = False, fold_bn: bool = True) -> tuple[nn.Module, list[LayerRecord]]:
+    """A converted deep copy of `model` (in eval mode) and what was done to each layer."""
+    if target is not None and target not in TARGETS:
+        raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
+    deployed = copy.deepcopy(model).eval()
+    records = swap_layers(deployed, target, forms, dynamic_batch, strict)
+    if fold_bn:
+        records += fold_batchnorm(deployed)
+    return deployed, records
+
+
+def deploy(model: nn.Module, target: str | None = None, **kwargs) -> nn.Module:
+    """Public API: a converted copy of `model`, every known layer in its deploy form; original untouched."""
+    return convert(model, target, **kwargs)[0]

@@ -1,0 +1,75 @@
+"""Input specifications: parse `--input-shape`, infer a default, make seeded random inputs."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BadInput
+
+_SHAPE = re.compile(r"^\d+(x\d+)*$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def with_batch(self, batch: int) -> "InputSpec":
+        return InputSpec(self.name, (batch, *self.shape[1:]), self.dtype)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1x3x224x224' -> (1, 3, 224, 224); anything else is a BadInput with an example."""
+    t = text.strip().lower().replace(",", "x").replace("*", "x")
+    if not _SHAPE.match(t):
+        raise BadInput(f"malformed --input-shape '{text}': expected dimensions joined by 'x', e.g. 1x3x224x224")
+    shape = tuple(int(d) for d in t.split("x"))
+    if any(d <= 0 for d in shape):
+        raise BadInput(f"malformed --input-shape '{text}': every dimension must be positive")
+    return shape
+
+
+def make_specs(shapes: list[tuple[int, ...]]) -> list[InputSpec]:
+    if len(shapes) == 1:
+        return [InputSpec("input", shapes[0])]
+    return [InputSpec(f"input_{i}", s) for i, s in enumerate(shapes)]
+
+
+def infer_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
+    """Guess an input shape from the first layer with weights, and say which layer it came from.
+
+    A guess is only made where the first layer pins the channel count (conv) or feature count
+    (linear); the spatial size defaults to ImageNet's 224. Returns None when nothing fits.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return (1, m.in_channels, 224, 224), f"{name} (Conv2d, in_channels={m.in_channels})"
+        if isinstance(m, nn.Conv1d):
+            return (1, m.in_channels, 224), f"{name} (Conv1d, in_channels={m.in_channels})"
+        if isinstance(m, nn.Linear):
+            return (1, m.in_features), f"{name} (Linear, in_features={m.in_features})"
+        if any(True for _ in m.parameters(recurse=False)):
+            return None
+    return None
+
+
+def random_inputs(specs: list[InputSpec], seed: int, batch: int | None = None) -> list[np.ndarray]:
+    """Seeded standard-normal inputs: reproducible across machines (numpy's PCG64)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in specs:
+        shape = s.shape if batch is None else (batch, *s.shape[1:])
+        out.append(rng.standard_normal(shape, dtype=np.float32))
+    return out
+
+
+def to_torch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)

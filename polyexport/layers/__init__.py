@@ -1,0 +1,1 @@
+"""Reference (training-form) layers, one paper a file, state_dict-compatible with the official code."""

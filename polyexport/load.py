@@ -1,0 +1,210 @@
+"""Turn MODEL (a path, `zoo:NAME`, or `package.module:callable`) into an eval-mode nn.Module.
+
+Unpickling a full module runs code from the file, so it is done only when the user says
+`--trust-pickle`; the error names the classes the file would import, read without running it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import BadInput
+
+#: keys under which training scripts save the module (YOLO: ema preferred over model when set)
+MODULE_KEYS = ("ema", "model", "module", "net")
+#: keys under which training scripts save a state_dict
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "net", "weights")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    source: str  # how it was loaded, for the report
+    default_input_shape: tuple[int, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def add_import_paths(imports: list[str] | None) -> None:
+    """Put the working directory on sys.path and import `--import` modules so pickled classes resolve."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for mod in imports or []:
+        try:
+            importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - any import failure is the user's input
+            raise BadInput(f"--import {mod}: {type(e).__name__}: {e}") from e
+
+
+def resolve_callable(spec: str) -> object:
+    """'pkg.mod:attr' (attr may be dotted) -> the object; clear errors for each way it can fail."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise BadInput(f"'{spec}' is not of the form package.module:callable")
+    try:
+        obj = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise BadInput(f"cannot import '{mod_name}' from '{spec}': {e} (is it on sys.path? try --import or run from its folder)") from e
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(f"importing '{mod_name}' failed: {type(e).__name__}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BadInput(f"'{mod_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_from_spec(spec: str) -> Loaded:
+    """`zoo:NAME` or `package.module:callable` (called with no arguments) -> module."""
+    if spec.startswith("zoo:"):
+        from . import zoo
+
+        name = spec[4:]
+        entry = zoo.get(name)
+        return Loaded(entry.build(), f"zoo:{name}", entry.input_shape)
+    obj = resolve_callable(spec)
+    if isinstance(obj, nn.Module):
+        return Loaded(obj, spec)
+    if not callable(obj):
+        raise BadInput(f"'{spec}' is neither an nn.Module nor callable")
+    try:
+        model = obj()
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(f"calling '{spec}()' failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"'{spec}()' returned {type(model).__name__}, not a torch.nn.Module")
+    return Loaded(model, spec, getattr(model, "default_input_shape", None))
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    """Classes/functions the pickle would import, found without unpickling (zip checkpoints)."""
+    if not zipfile.is_zipfile(path):
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - a broken archive is reported by the load itself
+        return []
+
+
+def _read_checkpoint(path: str, trust_pickle: bool) -> object:
+    unsafe = _unsafe_globals(path)
+    if unsafe and not trust_pickle:
+        shown = ", ".join(unsafe[:4]) + (f" (+{len(unsafe) - 4} more)" if len(unsafe) > 4 else "")
+        raise BadInput(
+            f"{path} holds pickled Python objects ({shown}); loading it runs code from the file. "
+            "Re-run with --trust-pickle if you trust where it came from, or save a state_dict and pass --arch"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise BadInput(
+                f"{path} holds pickled Python objects; loading it runs code from the file. "
+                "Re-run with --trust-pickle if you trust where it came from"
+            ) from e
+        if isinstance(e, (ModuleNotFoundError, AttributeError)):
+            raise BadInput(
+                f"{path}: unpickling needs code that is not importable here ({msg}); "
+                "run from the training code's folder or add --import MODULE"
+            ) from e
+        raise BadInput(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {msg}") from e
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _find_module(ckpt: Mapping) -> nn.Module | None:
+    for key in MODULE_KEYS:
+        if isinstance(ckpt.get(key), nn.Module):
+            return ckpt[key]
+    return None
+
+
+def _find_state_dict(obj: object) -> Mapping | None:
+    if _is_state_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_KEYS:
+            if _is_state_dict(obj.get(key)):
+                return obj[key]
+    return None
+
+
+def _strip_prefix(sd: Mapping, model: nn.Module) -> Mapping:
+    """DataParallel/DDP and torch.compile save keys with 'module.' / '_orig_mod.' in front."""
+    expected = set(model.state_dict())
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if not (set(sd) & expected) and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_into(model: nn.Module, sd: Mapping, where: str) -> None:
+    sd = _strip_prefix(sd, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})")
+        raise BadInput(f"{where} does not match the architecture: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False, imports: list[str] | None = None) -> Loaded:
+    """Load MODEL as the CLI describes it; raise BadInput with a one-line reason otherwise."""
+    add_import_paths(imports)
+    if os.path.exists(spec):
+        if os.path.isdir(spec):
+            raise BadInput(f"{spec} is a directory, not a model file")
+        ckpt = _read_checkpoint(spec, trust_pickle)
+        if isinstance(ckpt, nn.Module):
+            loaded = Loaded(ckpt, f"pickled module {type(ckpt).__name__} from {spec}")
+        elif isinstance(ckpt, Mapping) and _find_module(ckpt) is not None:
+            module = _find_module(ckpt)
+            key = next(k for k in MODULE_KEYS if ckpt.get(k) is module)
+            loaded = Loaded(module, f"pickled module under '{key}' in {spec}")
+        else:
+            sd = _find_state_dict(ckpt)
+            if sd is None:
+                kind = type(ckpt).__name__
+                keys = f" with keys {list(ckpt)[:6]}" if isinstance(ckpt, Mapping) else ""
+                raise BadInput(f"{spec} holds a {kind}{keys}: neither an nn.Module nor a state_dict")
+            if not arch:
+                raise BadInput(f"{spec} holds a state_dict ({len(sd)} tensors): pass --arch package.module:callable (or zoo:NAME) to build the model it belongs to")
+            loaded = build_from_spec(arch)
+            load_state_dict_into(loaded.model, sd, spec)
+            loaded.source = f"state_dict {spec} into {arch}"
+        if arch and not loaded.source.startswith("state_dict"):
+            loaded.notes.append(f"--arch {arch} ignored: {spec} holds a whole module")
+    elif spec.startswith("zoo:") or ":" in spec:
+        if arch:
+            raise BadInput("--arch is only for a state_dict file; MODEL is already an architecture")
+        loaded = build_from_spec(spec)
+    else:
+        raise BadInput(f"{spec}: no such file (MODEL is a path, zoo:NAME, or package.module:callable)")
+
+    model = loaded.model
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
+        loaded.notes.append("weights were half precision: converted to float32")
+        model.float()
+    if model.training:
+        warnings.warn("the model was in training mode: switched to eval mode for export", stacklevel=2)
+        loaded.notes.append("model was in training mode: switched to eval()")
+    model.eval()
+    return loaded

@@ -1,0 +1,98 @@
+"""Compare a runtime's outputs with the PyTorch reference: one verdict per runtime.
+
+Scale-relative error is what a user can read across models: max |got − ref| / max |ref|, beside
+the absolute error and the cosine similarity. A runtime passes when, for every output of every
+input batch, max_abs_err ≤ atol + rtol·max|ref| and nothing is NaN/Inf where the reference is finite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: fp32 defaults. rtol is relative to the output's scale (max |ref|): whole networks through
+#: another runtime's kernels (Winograd, fused ops, other summation orders) measured here at
+#: ≤ 2e-6 on the zoo; 1e-4 leaves room for deeper models without hiding a real error (a wrong
+#: weight or layout is off by 1e-1 and more). atol guards outputs that are all near zero.
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs_err: float
+    max_rel_err: float  # relative to max |ref|
+    cosine: float
+    scale: float
+    passed: bool
+
+
+@dataclass
+class ParityResult:
+    runtime: str
+    atol: float
+    rtol: float
+    outputs: list[OutputDiff] = field(default_factory=list)
+    error: str | None = None  # a runtime that failed to run at all
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs_err(self) -> float:
+        return max((o.max_abs_err for o in self.outputs), default=float("nan"))
+
+    @property
+    def max_rel_err(self) -> float:
+        return max((o.max_rel_err for o in self.outputs), default=float("nan"))
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=float("nan"))
+
+    def worst(self) -> OutputDiff | None:
+        return max(self.outputs, key=lambda o: o.max_rel_err, default=None)
+
+    def as_dict(self) -> dict:
+        d = {"max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "cosine": self.cosine,
+             "passed": self.passed, "atol": self.atol, "rtol": self.rtol, "comparisons": len(self.outputs)}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputDiff:
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if ref.shape != got.shape:
+        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False)
+    finite = np.isfinite(ref)
+    if not np.array_equal(finite, np.isfinite(got)):
+        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False)
+    diff = np.abs(got - ref)[finite]
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    a, b = ref[finite].ravel(), got[finite].ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+    return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= atol + rtol * scale)
+
+
+class ParityCheck:
+    """Accumulates comparisons for one runtime over several input batches."""
+
+    def __init__(self, runtime: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL):
+        self.result = ParityResult(runtime, atol, rtol)
+
+    def add(self, label: str, refs: list[np.ndarray], gots: list[np.ndarray]) -> None:
+        if len(refs) != len(gots):
+            self.result.error = f"{len(gots)} outputs where the reference has {len(refs)}"
+            return
+        for i, (r, g) in enumerate(zip(refs, gots)):
+            self.result.outputs.append(compare(f"{label}/output{i}", r, g, self.result.atol, self.result.rtol))
+
+    def fail(self, error: str) -> None:
+        self.result.error = error

@@ -1,0 +1,203 @@
+"""The main job, end to end: deploy ► export ► run on each runtime ► parity ► latency ► report.
+
+Artifacts are written into a temporary folder beside `out` and moved into place only when the
+run got as far as a report (a parity failure keeps them: the report says where it failed).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .bench import measure
+from .convert import TARGETS, convert
+from .errors import BadInput, PolyexportError
+from .export import export_onnx, flatten_outputs
+from .inputs import InputSpec, make_specs, random_inputs, to_torch
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck
+from .report import Report
+from .runtimes import RunnerOptions, available, make_runner
+from .runtimes.torch_runner import TorchRunner
+
+Progress = Callable[[str], ContextManager]
+
+
+@dataclass
+class ExportOptions:
+    target: str = "onnxruntime"
+    out: str = "polyexport-out"
+    dynamic_batch: bool = False
+    opset: int = 17
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    deploy: bool = True
+    forms: dict[str, str] = field(default_factory=dict)
+    strict: bool = False
+    threads: int | None = None
+    device: str = "cpu"
+    bench: bool = True
+    iterations: int = 20
+    min_time_s: float = 1.0
+    parity_seeds: int = 3
+    exporter: str = "torchscript"
+    simplifier: str = "onnxsim"
+    force: bool = False
+    extra_runtimes: Sequence[str] = ()
+
+
+def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
+    """The runtimes a target is proven on: its own, plus ONNX Runtime for a bare ONNX target."""
+    if target not in TARGETS:
+        raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
+    own = {"onnx": ["onnxruntime"] if available("onnxruntime") else [], "onnxruntime": ["onnxruntime"],
+           "openvino": ["openvino"], "tensorrt": ["tensorrt"]}[target]
+    return list(dict.fromkeys([*own, *extra]))
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"polyexport": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "onnx", "onnxsim", "onnxslim", "onnxruntime", "openvino", "tensorrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _prepare_out(out: str, force: bool) -> str:
+    if os.path.exists(out) and not force:
+        raise BadInput(f"output folder {out} exists; pass --force to replace it (or choose another --out)")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".polyexport-", dir=parent)
+
+
+def _commit_out(tmp: str, out: str) -> None:
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
+    try:
+        with torch.inference_mode():
+            outs = flatten_outputs(model(*to_torch(arrays)))
+    except Exception as e:  # noqa: BLE001 - the model's own complaint is the message
+        shapes = ", ".join("x".join(map(str, a.shape)) for a in arrays)
+        raise BadInput(f"the model rejects input shape {shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not outs:
+        raise BadInput("the model returned no tensors: nothing to export")
+    return [t.float().numpy() for t in outs]
+
+
+def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
+           out: str = "polyexport-out", input_shapes: Sequence[tuple[int, ...]] | None = None, name: str | None = None,
+           progress: Progress | None = None, notes: Sequence[str] = (), **options) -> Report:
+    """Export `model` for `target`, prove parity and time it; write artifacts and the report to `out`.
+
+    Returns the Report (also written as out/report.json and out/report.md). A parity failure does
+    not raise: `report.passed` is False and the report says which runtime failed.
+    """
+    opts = ExportOptions(target=target, out=out, **options)
+    step = progress or (lambda _msg: contextlib.nullcontext())
+    runtime_names = runtimes_for(opts.target, opts.extra_runtimes)
+    for rt in runtime_names:  # fail fast (exit 3) before any work
+        make_runner(rt, RunnerOptions(opts.threads, opts.device))
+
+    if example_inputs is not None:
+        shapes = [tuple(t.shape) for t in example_inputs]
+    elif input_shapes:
+        shapes = [tuple(s) for s in input_shapes]
+    else:
+        raise BadInput("no input shape: pass --input-shape (e.g. 1x3x224x224) or example inputs")
+    specs = make_specs(shapes)
+    names = [s.name for s in specs]
+    batch = specs[0].shape[0]
+
+    model = model.eval()
+    seeds = list(range(opts.parity_seeds))
+    parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in seeds]
+    if opts.dynamic_batch:  # prove the batch is not baked in: the same graph at another batch size
+        other = 3 if batch != 3 else 2
+        parity_sets.append((f"batch{other}", random_inputs(specs, 100, batch=other)))
+    with step("reference outputs (PyTorch)"):
+        refs = {label: _run_reference(model, arrays, specs) for label, arrays in parity_sets}
+    n_outputs = len(next(iter(refs.values())))
+
+    report = Report(model=name or type(model).__name__, target=opts.target, deploy=opts.deploy, versions=versions(),
+                    inputs=[s.as_dict() for s in specs], notes=list(notes))
+    tmp = _prepare_out(opts.out, opts.force)
+    try:
+        exported = model
+        if opts.deploy:
+            with step("deploy: swap layers, fold BatchNorm"):
+                exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict)
+            report.layers = [r.as_dict() for r in records]
+            check = ParityCheck("torch-deployed", opts.atol, opts.rtol)
+            for label, arrays in parity_sets:
+                check.add(label, refs[label], _run_reference(exported, arrays, specs))
+            report.parity["torch-deployed"] = check.result.as_dict()
+
+        onnx_path = os.path.join(tmp, "model.onnx")
+        with step(f"export to ONNX (opset {opts.opset})"):
+            example = to_torch(parity_sets[0][1])
+            info = export_onnx(exported, example, onnx_path, input_names=names, n_outputs=n_outputs, opset=opts.opset,
+                               dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, simplifier=opts.simplifier)
+        report.export = {k: v for k, v in info.as_dict().items() if k != "path"}
+        report.artifacts["onnx"] = "model.onnx"
+
+        runner_opts = RunnerOptions(opts.threads, opts.device)
+        latency_fns: dict[str, Callable[[], object]] = {}
+        bench_feeds = dict(zip(names, parity_sets[0][1]))
+        torch_runner = TorchRunner(model, names, runner_opts)
+        report.runtimes["torch"] = torch_runner.describe()
+        latency_fns["torch"] = lambda: torch_runner.run(bench_feeds)
+        runners = []
+        for rt in runtime_names:
+            with step(f"{rt}: load, check parity"):
+                runner = make_runner(rt, runner_opts)
+                runners.append(runner)
+                check = ParityCheck(rt, opts.atol, opts.rtol)
+                try:
+                    for key, path in runner.load(onnx_path, tmp).items():
+                        report.artifacts[key] = os.path.relpath(path, tmp)
+                    for label, arrays in parity_sets:
+                        check.add(label, refs[label], runner.run(dict(zip(names, arrays))))
+                except PolyexportError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a runtime that cannot run the graph is a failed check
+                    check.fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                report.parity[rt] = check.result.as_dict()
+                report.runtimes[rt] = runner.describe()
+                if check.result.error is None:
+                    latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
+        if opts.bench:
+            for rt, fn in latency_fns.items():
+                with step(f"latency: {rt}"):
+                    report.latency_ms[rt] = measure(fn, min_iters=opts.iterations, min_time_s=opts.min_time_s).as_dict()
+        for r in runners:
+            r.close()
+        report.artifacts["report_json"] = "report.json"
+        report.artifacts["report_md"] = "report.md"
+        with open(os.path.join(tmp, "report.json"), "w") as f:
+            f.write(report.to_json())
+        with open(os.path.join(tmp, "report.md"), "w") as f:
+            f.write(report.to_markdown())
+        _commit_out(tmp, opts.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.artifacts = {k: os.path.join(opts.out, v) for k, v in report.artifacts.items()}
+    return report

@@ -1,0 +1,78 @@
+"""The run's record: report.json (the contract in DESIGN.md; extend, don't rename) and report.md."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Report:
+    model: str
+    target: str
+    layers: list[dict] = field(default_factory=list)
+    parity: dict[str, dict] = field(default_factory=dict)
+    latency_ms: dict[str, dict] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    runtimes: dict[str, dict] = field(default_factory=dict)  # what each runner actually used
+    inputs: list[dict] = field(default_factory=list)
+    export: dict = field(default_factory=dict)
+    deploy: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(p.get("passed") for p in self.parity.values())
+
+    def failed_runtimes(self) -> list[str]:
+        return [k for k, p in self.parity.items() if not p.get("passed")]
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model, "target": self.target, "deploy": self.deploy, "passed": self.passed,
+            "layers": self.layers, "parity": self.parity, "latency_ms": self.latency_ms,
+            "artifacts": self.artifacts, "versions": self.versions, "runtimes": self.runtimes,
+            "inputs": self.inputs, "export": self.export, "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, default=str)
+
+    def to_markdown(self) -> str:
+        lines = [f"# polyexport report: {self.model} → {self.target}", ""]
+        verdict = "**parity held**" if self.passed else f"**parity FAILED** on {', '.join(self.failed_runtimes())}"
+        lines += [f"Result: {verdict}. Deploy forms {'applied' if self.deploy else 'not applied (--no-deploy)'}.", ""]
+        shapes = ", ".join(f"`{i['name']}` {'×'.join(map(str, i['shape']))}" for i in self.inputs)
+        ex = self.export
+        lines += [f"Inputs: {shapes}. Export: {ex.get('exporter')} exporter, opset {ex.get('opset')}, "
+                  f"{ex.get('simplifier')}, {'dynamic' if ex.get('dynamic_batch') else 'static'} batch, "
+                  f"{ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s.", ""]
+        if self.parity:
+            lines += ["## Parity with PyTorch", "", "| stage / runtime | max abs err | max err / scale | cosine | comparisons | passed |", "|---|---|---|---|---|---|"]
+            for k, p in self.parity.items():
+                lines.append(f"| {k} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {p['cosine']:.9f} | {p.get('comparisons', '')} | {'yes' if p['passed'] else '**no**'} |")
+            lines += ["", f"Tolerance: max abs err ≤ atol + rtol·max|ref| (atol {next(iter(self.parity.values()))['atol']:g}, rtol {next(iter(self.parity.values()))['rtol']:g}).", ""]
+        if self.latency_ms:
+            base = self.latency_ms.get("torch", {}).get("p50")
+            lines += ["## Latency (ms)", "", "| runtime | p50 | p90 | p99 | mean | CoV | n | vs PyTorch |", "|---|---|---|---|---|---|---|---|"]
+            for k, s in self.latency_ms.items():
+                ratio = f"{base / s['p50']:.2f}× faster" if base and k != "torch" else "baseline" if k == "torch" else ""
+                lines.append(f"| {k} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} | {s['mean']:.3f} | {s['cov']:.1%} | {s['n']} | {ratio} |")
+            lines.append("")
+        if self.runtimes:
+            lines += ["## Runtimes as configured", ""]
+            for k, d in self.runtimes.items():
+                lines.append(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in d.items()))
+            lines.append("")
+        swapped = [l for l in self.layers if l["form"] not in ("folded",)]
+        folded = len(self.layers) - len(swapped)
+        lines += ["## Layers", "", f"{len(swapped)} layer(s) converted, {folded} BatchNorm folded.", ""]
+        if swapped:
+            lines += ["| module | type | form | note |", "|---|---|---|---|"]
+            lines += [f"| `{l['name']}` | {l['type']} | {l['form']} | {l.get('note', '')} |" for l in swapped]
+            lines.append("")
+        lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]
+        if self.notes:
+            lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
+        return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Stage 3: a runner per runtime behind one interface. Knows nothing of export or layers."""
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import RuntimeMissing
+from .base import Runner, RunnerOptions, default_threads
+
+#: runtime -> (module that must import, pip extra)
+ONNX_RUNTIMES = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino"), "tensorrt": ("tensorrt", "tensorrt")}
+
+
+def available(name: str) -> bool:
+    module = ONNX_RUNTIMES[name][0]
+    return importlib.util.find_spec(module) is not None
+
+
+def installed() -> list[str]:
+    return [n for n in ONNX_RUNTIMES if available(n)]
+
+
+def make_runner(name: str, options: RunnerOptions | None = None) -> Runner:
+    """A runner for an ONNX runtime by name; RuntimeMissing (exit 3) names the extra to install."""
+    if name not in ONNX_RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}")
+    if not available(name):
+        raise RuntimeMissing(name, ONNX_RUNTIMES[name][1])
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(options)
+    if name == "openvino":
+        from .openvino import OpenVinoRunner
+
+        return OpenVinoRunner(options)
+    raise RuntimeMissing("tensorrt", None, "tensorrt imports here, but polyexport's TensorRT runner is not written yet; use --target onnx and build the engine with trtexec")
+
+
+__all__ = ["Runner", "RunnerOptions", "default_threads", "make_runner", "available", "installed", "ONNX_RUNTIMES"]

@@ -1,0 +1,79 @@
+"""OpenVINO on CPU: the ONNX is converted to IR (model.xml/.bin), and the IR itself is what runs.
+
+Compiled with the LATENCY hint and f32 inference precision (OpenVINO's CPU plugin would otherwise
+pick bf16 on CPUs that have it), unless fp16 is asked. The IR is saved uncompressed: ov.save_model
+compresses weights to fp16 by default, which would change the numbers.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import RuntimeMissing
+from .base import Runner, RunnerOptions
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError as e:
+        raise RuntimeMissing("openvino", "openvino") from e
+    return openvino
+
+
+def _type_name(t) -> str:
+    """ov.Type('f32') -> 'f32' (its str() is "<Type: 'float32'>")."""
+    return t.to_string() if hasattr(t, "to_string") else str(t)
+
+
+class OpenVinoRunner(Runner):
+    name = "openvino"
+
+    def __init__(self, options: RunnerOptions | None = None, save_ir: bool = True):
+        super().__init__(options)
+        self.ov = _ov()
+        self.save_ir = save_ir
+        self.compiled = None
+        self.request = None
+
+    def load(self, onnx_path: str, workdir: str) -> dict[str, str]:
+        ov = self.ov
+        core = ov.Core()
+        device = self.options.device.upper()
+        if device not in core.available_devices:
+            raise RuntimeMissing("openvino", None, f"device {device} not found; OpenVINO sees {core.available_devices}")
+        model = ov.convert_model(onnx_path)
+        artifacts = {}
+        if self.save_ir:
+            xml = os.path.join(workdir, "model.xml")
+            ov.save_model(model, xml, compress_to_fp16=False)
+            artifacts = {"openvino_xml": xml, "openvino_bin": xml[:-4] + ".bin"}
+            model = core.read_model(xml)
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f16" if self.options.fp16 else "f32",
+            "INFERENCE_NUM_THREADS": self.options.resolved_threads(),
+        }
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self._outputs = self.compiled.outputs
+        return artifacts
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(feeds)
+        return [np.asarray(result[o]) for o in self._outputs]
+
+    def describe(self) -> dict:
+        get = self.compiled.get_property if self.compiled else (lambda k: None)
+        return {
+            "version": self.ov.get_version(),
+            "device": self.options.device,
+            "threads": get("INFERENCE_NUM_THREADS"),
+            "precision": _type_name(get("INFERENCE_PRECISION_HINT")),
+            "performance_hint": str(get("PERFORMANCE_HINT")),
+            "streams": get("NUM_STREAMS"),
+        }
+
+    def close(self) -> None:
+        self.request = self.compiled = None

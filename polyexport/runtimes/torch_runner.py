@@ -1,0 +1,33 @@
+"""PyTorch eager: the reference every runtime is compared with, and the latency baseline."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..export import flatten_outputs
+from .base import Runner, RunnerOptions
+
+
+class TorchRunner(Runner):
+    name = "torch"
+
+    def __init__(self, model: nn.Module, input_names: list[str], options: RunnerOptions | None = None):
+        super().__init__(options)
+        self.model = model.eval()
+        self.input_names = input_names
+        self._threads = self.options.resolved_threads()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names)
+            with torch.inference_mode():
+                out = self.model(*args)
+            return [t.detach().float().numpy() for t in flatten_outputs(out)]
+        finally:
+            torch.set_num_threads(previous)
+
+    def describe(self) -> dict:
+        return {"version": torch.__version__, "device": "cpu", "threads": self._threads, "precision": "fp32", "mode": "eager, inference_mode"}

@@ -1,0 +1,52 @@
+"""Built-in architectures (`zoo:NAME`): random init, no downloads.
+
+Each model file registers its builders with `register`; this package imports them all, so adding
+a model is adding a file.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import BadInput
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...] = (1, 3, 224, 224)
+    baseline: str | None = None  # the plain model a paper's model is compared with
+    paper: dict | None = None  # the paper's own figures: {"params_m": ..., "gflops": ...}
+
+
+_ZOO: dict[str, ZooEntry] = {}
+
+
+def register(name: str, input_shape: tuple[int, ...] = (1, 3, 224, 224), baseline: str | None = None, paper: dict | None = None):
+    def deco(fn: Callable[[], nn.Module]):
+        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper)
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_ZOO)
+
+
+def get(name: str) -> ZooEntry:
+    _load_all()
+    if name not in _ZOO:
+        raise BadInput(f"unknown zoo model '{name}'; known: {', '.join(sorted(_ZOO))}")
+    return _ZOO[name]
