@@ -1,0 +1,104 @@
+"""Layer-level benchmark: each research layer's reference export vs its deploy forms vs a plain conv.
+
+For every case in benchmarks/layer_cases/ (a layer at a realistic shape), export (a) the reference
+as it is, (b) each deploy form, (c) the yardstick nn.Conv2d; time them on ONNX Runtime and OpenVINO
+in turns (interleaved, medians of several repeats, same threads), and print latency as a ratio to
+the yardstick, with each module's FLOPs ratio to the yardstick beside it.
+
+    python benchmarks/layers.py                    # all layers, all installed runtimes
+    python benchmarks/layers.py --only psconv spd_conv --repeats 3 --json benchmarks/results/layers.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import flops, load_runner, machine, md_table, runtimes_here  # noqa: E402
+from layer_cases import all_cases  # noqa: E402
+
+from polyexport.bench import interleaved  # noqa: E402
+from polyexport.pipeline import versions  # noqa: E402
+
+
+def run(args) -> list[dict]:
+    rows = []
+    cases = all_cases(args.only)
+    for case in cases:
+        x = torch.randn(*case.input_shape)
+        modules = {"yardstick": case.yardstick, "reference": case.reference, **{f"form:{k}": m for k, m in case.forms.items()}}
+        base_flops = flops(case.yardstick, x)
+        with tempfile.TemporaryDirectory() as tmp:
+            for rt in runtimes_here(args.runtimes):
+                fns, errors = {}, {}
+                for tag, mod in modules.items():
+                    runner, feeds = load_runner(rt, mod.eval(), (x,), tmp, tag.replace(":", "_"), args.threads)
+                    if runner is None:
+                        errors[tag] = feeds
+                    else:
+                        fns[tag] = (lambda r, f: lambda: r.run(f))(runner, feeds)
+                stats = interleaved(fns, repeats=args.repeats, warmup=3, warmup_s=0.05, min_iters=args.iters, min_time_s=args.min_time)
+                y = stats["yardstick"].p50
+                for tag in modules:
+                    f = flops(modules[tag], x)
+                    row = {"layer": case.layer, "config": case.config, "runtime": rt, "module": tag,
+                           "flops_ratio": f / base_flops, "note": case.notes.get(tag.removeprefix("form:"), "")}
+                    if tag in stats:
+                        row.update(ms=stats[tag].p50, cov=stats[tag].cov, ratio=stats[tag].p50 / y)
+                    else:
+                        row.update(error=errors[tag])
+                    rows.append(row)
+                    if "ratio" in row:
+                        print(f"{case.layer:12s} {case.config:28s} {rt:12s} {tag:24s} {row['ms']:8.3f} ms  ×{row['ratio']:.2f} (flops ×{row['flops_ratio']:.2f})", flush=True)
+                    else:
+                        print(f"{case.layer:12s} {case.config:28s} {rt:12s} {tag:24s} FAILED {row['error']}", flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """One row per (layer, shape, module); a latency-ratio column per runtime."""
+    rts = list(dict.fromkeys(r["runtime"] for r in rows))
+    keyed: dict[tuple, dict] = {}
+    for r in rows:
+        k = (r["layer"], r["config"], r["module"])
+        keyed.setdefault(k, {"flops": r["flops_ratio"], "note": r["note"]})[r["runtime"]] = (
+            f"{r['ratio']:.2f}× ({r['ms']:.3f} ms)" if "ratio" in r else "fails: " + r["error"][:40]
+        )
+    body = [[l, c, m, f"{v['flops']:.2f}×", *[v.get(rt, "") for rt in rts], v["note"]] for (l, c, m), v in keyed.items()]
+    return md_table(["layer", "shape", "module", "FLOPs vs conv", *[f"{rt} latency vs conv" for rt in rts], "notes"], body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="layer case files to run (e.g. psconv mixconv)")
+    ap.add_argument("--runtimes", nargs="*")
+    ap.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1: least noise on shared machines)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--json", help="write the rows here (benchmarks/results/layers.json)")
+    ap.add_argument("--markdown", help="write the table here")
+    args = ap.parse_args()
+    t0 = time.time()
+    rows = run(args)
+    md = to_markdown(rows)
+    print()
+    print(md)
+    print(f"\n{machine()}; threads={args.threads}; {time.time() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
