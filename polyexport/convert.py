@@ -204,21 +204,31 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
     return records
 
 
-# --- BN folding ------------------------------------------------------------------------------
+# --- folding into neighbours ----------------------------------------------------------------
+# Two folds use one mechanism, the (producer, consumer) pairs where the consumer is the only user
+# of the producer's output and each module is called once:
+#   - BN after a conv (nn.Conv2d, or any deploy module with `fuse_bn(bn)`), folded into the conv;
+#   - a deploy module with `fuse_next_conv(conv)` (e.g. a channel permutation) before an nn.Conv2d,
+#     folded into that conv's weights.
 
 class _LeafTracer(fx.Tracer):
-    """Keeps torch.nn layers and deploy modules (anything with `fuse_bn`) as leaves."""
+    """Keeps torch.nn layers and deploy modules (anything with a fuse method) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return hasattr(m, "fuse_bn") or super().is_leaf_module(m, qualname)
+        return hasattr(m, "fuse_bn") or hasattr(m, "fuse_next_conv") or super().is_leaf_module(m, qualname)
 
 
-def _foldable(m: nn.Module) -> bool:
-    return (isinstance(m, nn.Conv2d) and m.padding_mode == "zeros") or hasattr(m, "fuse_bn")
+def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
+    conv_like = (isinstance(producer, nn.Conv2d) and producer.padding_mode == "zeros") or hasattr(producer, "fuse_bn")
+    return conv_like and isinstance(consumer, nn.BatchNorm2d) and consumer.track_running_stats and consumer.running_mean is not None
 
 
-def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]] | None:
-    """(conv, bn) submodule names where bn consumes the conv's output and nothing else does.
+def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:
+    return hasattr(producer, "fuse_next_conv") and isinstance(consumer, nn.Conv2d)
+
+
+def _pairs(module: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]) -> list[tuple[str, str]] | None:
+    """(producer, consumer) submodule names accepted by `accept`, where the consumer alone uses the producer.
 
     None if the module cannot be traced symbolically (then its children are tried one by one).
     """
@@ -232,41 +242,57 @@ def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]] | None:
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or calls[node.target] != 1:
-            continue
-        producer = module.get_submodule(node.target)
-        if not _foldable(producer) or len(node.users) != 1:
+        if node.op != "call_module" or calls[node.target] != 1 or len(node.users) != 1:
             continue
         (user,) = node.users
-        if user.op != "call_module" or calls[user.target] != 1 or len(user.args) != 1:
+        if user.op != "call_module" or calls[user.target] != 1 or len(user.args) != 1 or user.kwargs:
             continue
-        bn = module.get_submodule(user.target)
-        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
+        if accept(module.get_submodule(node.target), module.get_submodule(user.target)):
             pairs.append((node.target, user.target))
     return pairs
+
+
+def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module], nn.Module], record) -> list[LayerRecord]:
+    """Replace each accepted (producer, consumer) pair by fuse(producer, consumer) and an Identity."""
+    records: list[LayerRecord] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        pairs = _pairs(module, accept)
+        if pairs is None:
+            for child_name, child in module.named_children():
+                visit(child, f"{prefix}{child_name}.")
+            return
+        for a_name, b_name in pairs:
+            a, b = module.get_submodule(a_name), module.get_submodule(b_name)
+            fused = fuse(a, b)
+            if fused is None:  # the producer declined (a configuration it cannot fold exactly)
+                continue
+            _set_submodule(module, a_name, fused)
+            _set_submodule(module, b_name, nn.Identity())
+            records.append(record(prefix + a_name, prefix + b_name, b))
+
+    visit(model, "")
+    return records
 
 
 def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
     """Fold every BatchNorm2d that directly follows a conv (or a deploy module) into it, in place."""
     from .deploy_layers.conv_bn import fuse_conv_bn
 
-    records: list[LayerRecord] = []
+    return _fold_pairs(
+        model, _bn_pair,
+        lambda conv, bn: conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn),
+        lambda a, b, bn: LayerRecord(b, "BatchNorm2d", "folded", f"into {a}"),
+    )
 
-    def visit(module: nn.Module, prefix: str) -> None:
-        pairs = _conv_bn_pairs(module)
-        if pairs is None:
-            for child_name, child in module.named_children():
-                visit(child, f"{prefix}{child_name}.")
-            return
-        for conv_name, bn_name in pairs:
-            conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
-            fused = conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn)
-            _set_submodule(module, conv_name, fused)
-            _set_submodule(module, bn_name, nn.Identity())
-            records.append(LayerRecord(prefix + bn_name, "BatchNorm2d", "folded", f"into {prefix + conv_name}"))
 
-    visit(model, "")
-    return records
+def fold_into_next_conv(model: nn.Module) -> list[LayerRecord]:
+    """Fold deploy modules that offer it (channel permutations, …) into the nn.Conv2d after them."""
+    return _fold_pairs(
+        model, _next_conv_pair,
+        lambda prev, conv: prev.fuse_next_conv(conv),
+        lambda a, b, conv: LayerRecord(b, type(conv).__name__, "absorbed", f"{a} folded into its weights"),
+    )
 
 
 def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
@@ -276,6 +302,7 @@ def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] |
         raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     deployed = copy.deepcopy(model).eval()
     records = swap_layers(deployed, target, forms, dynamic_batch, strict)
+    records += fold_into_next_conv(deployed)
     if fold_bn:
         records += fold_batchnorm(deployed)
     return deployed, records
