@@ -106,7 +106,7 @@ def _read_checkpoint(path: str, trust_pickle: bool) -> object:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):  # a legacy (non-zip) pickle naming a class
             raise BadInput(
                 f"{path} holds pickled Python objects; loading it runs code from the file. "
                 "Re-run with --trust-pickle if you trust where it came from"
@@ -203,8 +203,8 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
     if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
         loaded.notes.append("weights were half precision: converted to float32")
         model.float()
-    if model.training:
-        warnings.warn("the model was in training mode: switched to eval mode for export", stacklevel=2)
-        loaded.notes.append("model was in training mode: switched to eval()")
+    if model.training and os.path.exists(spec):  # a freshly built model is in train mode by nn.Module's default
+        warnings.warn("the model was saved in training mode: switched to eval mode for export", stacklevel=2)
+        loaded.notes.append("model was saved in training mode: switched to eval() (dropout off, BN uses running statistics)")
     model.eval()
     return loaded

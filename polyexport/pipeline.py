@@ -64,6 +64,14 @@ def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys([*own, *extra]))
 
 
+def check_runtimes(target: str, extra: Sequence[str] = (), threads: int | None = None, device: str = "cpu") -> list[str]:
+    """The runtimes to use; RuntimeMissing (exit 3) before any work if one is not installed."""
+    names = runtimes_for(target, extra)
+    for rt in names:
+        make_runner(rt, RunnerOptions(threads, device))
+    return names
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -112,9 +120,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     """
     opts = ExportOptions(target=target, out=out, **options)
     step = progress or (lambda _msg: contextlib.nullcontext())
-    runtime_names = runtimes_for(opts.target, opts.extra_runtimes)
-    for rt in runtime_names:  # fail fast (exit 3) before any work
-        make_runner(rt, RunnerOptions(opts.threads, opts.device))
+    runtime_names = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
 
     if example_inputs is not None:
         shapes = [tuple(t.shape) for t in example_inputs]

@@ -1,0 +1,157 @@
+"""`polyexport MODEL --target …`: the main job from the command line, with rich progress and tables.
+
+Exit codes (DESIGN.md): 0 parity held; 1 parity failed (artifacts kept); 2 bad input or usage
+(nothing written); 3 target runtime not available.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import warnings
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .convert import TARGETS
+from .errors import BadInput, PolyexportError
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; make its message one line like ours."""
+
+    def error(self, message: str):  # noqa: D401
+        err_console.print(f"[bold red]error:[/] {message} (see polyexport --help)")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="polyexport", description="Export a PyTorch model with exact deploy forms of research layers, prove parity on the target runtime, and time it.",
+                epilog="Exit codes: 0 ok, 1 parity failed, 2 bad input, 3 runtime not installed.")
+    p.add_argument("model", metavar="MODEL", help="a .pt file (state_dict or pickled module), zoo:NAME, or package.module:callable")
+    p.add_argument("--target", default="onnxruntime", help=f"one of {', '.join(TARGETS)} (default onnxruntime)")
+    p.add_argument("--input-shape", action="append", metavar="NxCxHxW", help="input shape, e.g. 1x3x224x224; repeat for several inputs")
+    p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis (parity is also checked at another batch size)")
+    p.add_argument("--out", default="polyexport-out", metavar="DIR", help="where artifacts and the report go (default ./polyexport-out)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"tolerance relative to the output's max |value| (default {DEFAULT_RTOL:g})")
+    p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
+    p.add_argument("--form", action="append", metavar="LAYER=FORM", help="force a deploy form for a layer type, e.g. PSConv2d=regrouped (or =reference)")
+    p.add_argument("--strict", action="store_true", help="fail when a known layer has no exact deploy form instead of keeping it as is")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full module (runs code from the file)")
+    p.add_argument("--arch", metavar="SPEC", help="package.module:callable (or zoo:NAME) building the model a state_dict belongs to")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="import MODULE first (so pickled classes resolve); repeatable")
+    p.add_argument("--threads", type=int, help="threads for every runtime and PyTorch (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (ONNX Runtime's CUDA provider)")
+    p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="measure latency (default on)")
+    p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
+    p.add_argument("--version", action="version", version=f"polyexport {__version__}")
+    return p
+
+
+@contextlib.contextmanager
+def _step(label: str):
+    t0 = time.perf_counter()
+    with console.status(f"{label}…"):
+        yield
+    console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - t0:.1f} s)[/]")
+
+
+def _print_summary(report) -> None:
+    if report.layers:
+        swapped = [l for l in report.layers if l["form"] not in ("folded", "absorbed")]
+        kept = [l for l in swapped if l["form"] == "reference"]
+        folded = len(report.layers) - len(swapped)
+        console.print(f"deploy: {len(swapped) - len(kept)} layer(s) converted, {len(kept)} kept as reference, {folded} folded")
+        for l in kept:
+            console.print(f"  [yellow]kept[/] {escape(l['name'])} ({l['type']}): {escape(l.get('note', ''))}")
+    t = Table(title="parity with PyTorch", title_justify="left")
+    for col in ("stage / runtime", "max abs err", "max err / scale", "cosine", "passed"):
+        t.add_column(col)
+    for k, p in report.parity.items():
+        ok = "[green]yes[/]" if p["passed"] else f"[bold red]NO[/] {escape(p.get('error', ''))}"
+        t.add_row(k, f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p['cosine']:.8f}", ok)
+    console.print(t)
+    if report.latency_ms:
+        base = report.latency_ms.get("torch", {}).get("p50")
+        t = Table(title=f"latency, batch {report.inputs[0]['shape'][0]} (ms)", title_justify="left")
+        for col in ("runtime", "p50", "p90", "p99", "CoV", "vs PyTorch eager"):
+            t.add_column(col)
+        for k, s in report.latency_ms.items():
+            ratio = "baseline" if k == "torch" else (f"{base / s['p50']:.2f}× faster" if base else "")
+            t.add_row(k, f"{s['p50']:.3f}", f"{s['p90']:.3f}", f"{s['p99']:.3f}", f"{s['cov']:.1%}", ratio)
+        console.print(t)
+    console.print("[italic]artifacts[/]")
+    for k, v in report.artifacts.items():  # unwrapped, so paths can be copied
+        console.print(f"  {k:14s} {v}", soft_wrap=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .convert import parse_form_overrides
+    from .inputs import infer_shape, parse_shape
+    from .load import load_model
+    from .pipeline import check_runtimes, export
+
+    if args.target not in TARGETS:
+        raise BadInput(f"unknown target '{args.target}'; choose one of {', '.join(TARGETS)}")
+    shapes = [parse_shape(s) for s in args.input_shape or []]
+    forms = parse_form_overrides(args.form)
+    check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)  # exit 3 before any work
+    with _step(f"load {args.model}"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle, imports=args.imports)
+    notes = list(loaded.notes)
+    for n in notes:
+        console.print(f"  [yellow]note[/] {escape(n)}")
+    if not shapes:
+        if loaded.default_input_shape:
+            shapes = [tuple(loaded.default_input_shape)]
+        else:
+            guess = infer_shape(loaded.model)
+            if guess is None:
+                raise BadInput("no --input-shape given and none can be inferred from the model's first layer: pass --input-shape, e.g. 1x3x224x224")
+            shapes = [guess[0]]
+            msg = f"input shape {'x'.join(map(str, guess[0]))} inferred from {guess[1]}; pass --input-shape to override"
+            console.print(f"  [yellow]note[/] {escape(msg)}")
+            notes.append(msg)
+    report = export(loaded.model, input_shapes=shapes, target=args.target, out=args.out, name=args.model, progress=_step,
+                    notes=notes, dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol,
+                    deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
+                    bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
+                    force=args.force, extra_runtimes=args.extra_runtimes)
+    _print_summary(report)
+    if not report.passed:
+        failed = ", ".join(report.failed_runtimes())
+        err_console.print(f"[bold red]parity failed[/] on {failed}: outputs differ from PyTorch beyond atol {args.atol:g} + rtol {args.rtol:g}·scale; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
+        return 1
+    console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {args.out}/report.md", soft_wrap=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except PolyexportError as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

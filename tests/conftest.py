@@ -1,0 +1,17 @@
+"""Shared fixtures: small models for the pipeline tests, written as a user's package would be."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, "userpkg"))  # `usernets` plays the user's own package
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def out(tmp_path):
+    return str(tmp_path / "out")

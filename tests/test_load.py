@@ -1,0 +1,117 @@
+"""Every way MODEL can be given, and every way it can be wrong (BadInput, exit code 2)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import usernets
+
+from polyexport.errors import BadInput
+from polyexport.load import load_model
+
+
+def test_zoo_and_callable():
+    assert type(load_model("zoo:resnet18").model).__name__ == "ResNet"
+    loaded = load_model("usernets:build")
+    assert isinstance(loaded.model, usernets.TinyNet) and not loaded.model.training
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(usernets.build(), path)
+    with pytest.raises(BadInput, match=r"--trust-pickle.*") as e:
+        load_model(str(path))
+    assert "usernets.TinyNet" in str(e.value)  # names the classes it would import, without importing them
+    assert isinstance(load_model(str(path), trust_pickle=True).model, usernets.TinyNet)
+
+
+def test_training_checkpoint_prefers_ema(tmp_path):
+    model, ema = usernets.build(), usernets.build()
+    ema.head.bias.data.fill_(7.0)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "model": model, "ema": ema, "optimizer": None}, path)
+    loaded = load_model(str(path), trust_pickle=True)
+    assert loaded.model.head.bias[0].item() == 7.0 and "ema" in loaded.source
+    torch.save({"model": model, "ema": None}, path)
+    assert load_model(str(path), trust_pickle=True).model.head.bias[0].item() == model.head.bias[0].item()
+
+
+def test_half_precision_checkpoint_becomes_float(tmp_path):
+    path = tmp_path / "half.pt"
+    torch.save({"model": usernets.build().half()}, path)
+    loaded = load_model(str(path), trust_pickle=True)
+    assert next(loaded.model.parameters()).dtype == torch.float32 and any("half" in n for n in loaded.notes)
+
+
+def test_state_dict_with_arch(tmp_path):
+    net = usernets.build()
+    path = tmp_path / "w.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load_model(str(path), arch="usernets:TinyNet")
+    assert torch.equal(loaded.model.conv1.weight, net.conv1.weight)
+    # nested under 'state_dict' and with DataParallel's 'module.' prefix, as training scripts save it
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 1}, path)
+    assert torch.equal(load_model(str(path), arch="usernets:TinyNet").model.head.weight, net.head.weight)
+
+
+def test_state_dict_errors(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(usernets.build().state_dict(), path)
+    with pytest.raises(BadInput, match="--arch"):
+        load_model(str(path))
+    with pytest.raises(BadInput, match="does not match the architecture.*(missing|unexpected)"):
+        load_model(str(path), arch="zoo:resnet18")
+    torch.save(usernets.TinyNet(classes=5).state_dict(), path)
+    with pytest.raises(BadInput, match=r"shape mismatch \(head.weight"):
+        load_model(str(path), arch="usernets:TinyNet")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("missing.pt", "no such file"),
+    ("usernets:nope", "has no attribute"),
+    ("nosuchpkg.mod:build", "cannot import 'nosuchpkg.mod'"),
+    ("usernets:not_a_module", "returned int, not a torch.nn.Module"),
+    ("zoo:nope", "unknown zoo model 'nope'; known: .*resnet18"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(BadInput, match=message):
+        load_model(spec)
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(BadInput, match="not a readable PyTorch checkpoint"):
+        load_model(str(bad))
+    truncated = tmp_path / "trunc.pt"
+    torch.save(usernets.build().state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(BadInput):
+        load_model(str(truncated), arch="usernets:TinyNet")
+    other = tmp_path / "list.pt"
+    torch.save([1, 2, 3], other)
+    with pytest.raises(BadInput, match="neither an nn.Module nor a state_dict"):
+        load_model(str(other))
+    with pytest.raises(BadInput, match="is a directory"):
+        load_model(str(tmp_path))
+    with pytest.raises(BadInput, match="--import nosuchmodule"):
+        load_model("zoo:resnet18", imports=["nosuchmodule"])
+
+
+def test_cwd_on_path_and_import_flag(tmp_path, monkeypatch):
+    """Classes of a pickled module resolve from the working directory (as a user runs it)."""
+    src = os.path.join(os.path.dirname(__file__), "userpkg", "usernets.py")
+    pkg = tmp_path / "proj"
+    pkg.mkdir()
+    (pkg / "mynets_cwd.py").write_text(open(src).read())
+    monkeypatch.chdir(pkg)
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(pkg))
+    mod = importlib.import_module("mynets_cwd")
+    torch.save(mod.TinyNet(), pkg / "m.pt")
+    del sys.modules["mynets_cwd"]
+    loaded = load_model("m.pt", trust_pickle=True, imports=["mynets_cwd"])
+    assert type(loaded.model).__name__ == "TinyNet"
