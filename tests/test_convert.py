@@ -1,0 +1,127 @@
+"""The converter's generic parts: BN folding is exact where it applies and refuses where it would not be."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import polyexport
+from polyexport.convert import Form, convert, register_layer
+from polyexport.errors import BadInput
+from polyexport.testing import assert_equivalent, randomize_
+from polyexport.zoo import get
+
+
+def bn_count(m: nn.Module) -> int:
+    return sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 12, 3, 1, 1, bias=False),
+    nn.Conv2d(6, 12, 3, 2, 1, bias=True),
+    nn.Conv2d(6, 12, 5, 1, 4, dilation=2, groups=3),
+    nn.Conv2d(6, 6, 3, 1, 1, groups=6),
+])
+def test_conv_bn_folds_exactly(conv):
+    model = randomize_(nn.Sequential(conv, nn.BatchNorm2d(12 if conv.out_channels == 12 else 6), nn.ReLU()), seed=1)
+    deployed, records = convert(model)
+    assert bn_count(deployed) == 0 and [r.form for r in records] == ["folded"]
+    assert_equivalent(model, deployed, torch.randn(3, 6, 11, 14))
+
+
+class SharedOutput(nn.Module):
+    """The conv's output is also used by the residual: folding the BN would change that branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, 1, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class ReusedBN(nn.Module):
+    """One BN module applied after two different convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.bn = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, 1, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.c1(x)) + self.bn(self.c2(x))
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow at the top; its children still fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(4, 8, 3, 1, 1), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.block(x)
+        return self.block(-x)
+
+
+@pytest.mark.parametrize("cls, folded", [(SharedOutput, 0), (ReusedBN, 0), (Untraceable, 1)])
+def test_folding_only_where_exact(cls, folded):
+    model = randomize_(cls(), seed=2)
+    deployed, records = convert(model)
+    assert len(records) == folded
+    assert_equivalent(model, deployed, torch.randn(2, 4, 9, 9))
+
+
+def test_deploy_returns_a_copy_and_keeps_the_original():
+    model = randomize_(get("resnet18").build())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deployed = polyexport.deploy(model)
+    assert bn_count(model) == 20 and bn_count(deployed) == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_equivalent(model, deployed, torch.randn(2, 3, 64, 64))
+
+
+class Toy(nn.Module):
+    """A test-only 'research layer': y = conv(x) * 2, with a deploy form and a deliberately wrong one."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv(x) * 2
+
+
+def _toy_exact(ref: Toy) -> nn.Module:
+    conv = nn.Conv2d(4, 4, 3, 1, 1)
+    conv.weight.data, conv.bias.data = ref.conv.weight.data * 2, ref.conv.bias.data * 2
+    return conv
+
+
+register_layer(Toy, [
+    Form("doubled", _toy_exact),
+    Form("static_only", _toy_exact, dynamic_batch=False),
+    Form("runtime_weights", _toy_exact, constant_weights=False),
+], prefer={"*": ["static_only", "doubled"], "tensorrt": ["runtime_weights", "doubled"]})
+
+
+def test_registry_swaps_and_records_then_folds_bn_after_it():
+    model = randomize_(nn.Sequential(Toy(), nn.BatchNorm2d(4)), seed=4)
+    deployed, records = convert(model)
+    assert [(r.name, r.type, r.form) for r in records] == [("0", "Toy", "static_only"), ("1", "BatchNorm2d", "folded")]
+    assert_equivalent(model, deployed, torch.randn(2, 4, 8, 8))
+
+
+def test_form_constraints_dynamic_batch_and_tensorrt():
+    model = randomize_(nn.Sequential(Toy()), seed=5)
+    _, records = convert(model, dynamic_batch=True)
+    assert records[0].form == "doubled"  # the static-batch form is skipped under --dynamic-batch
+    _, records = convert(model, target="tensorrt")
+    assert records[0].form == "doubled"  # TensorRT never gets computed conv weights unless forced
+    _, records = convert(model, target="tensorrt", forms={"Toy": "runtime_weights"})
+    assert records[0].form == "runtime_weights"
+    with pytest.raises(BadInput, match=r"Toy=static_only cannot be used for 0 \(Toy\): needs a static batch.*would work: doubled, runtime_weights"):
+        convert(model, dynamic_batch=True, forms={"Toy": "static_only"})
+    _, records = convert(model, forms={"Toy": "reference"})
+    assert records[0].form == "reference"
