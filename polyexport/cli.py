@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .convert import TARGETS
+from .targets import TARGETS
 from .errors import BadInput, PolyexportError
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -34,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="polyexport", description="Export a PyTorch model with exact deploy forms of research layers, prove parity on the target runtime, and time it.",
-                epilog="Exit codes: 0 ok, 1 parity failed, 2 bad input, 3 runtime not installed.")
+                epilog="Also: `polyexport verify BUNDLE --target RT` (check a bundle on a device, no PyTorch needed) and "
+                       "`polyexport check MODEL.onnx --target tensorrt` (what TensorRT's parser will refuse). "
+                       "Exit codes: 0 ok, 1 parity failed, 2 bad input, 3 runtime not installed.")
     p.add_argument("model", metavar="MODEL", help="a .pt file (state_dict or pickled module), zoo:NAME, or package.module:callable")
     p.add_argument("--target", default="onnxruntime", help=f"one of {', '.join(TARGETS)} (default onnxruntime)")
     p.add_argument("--input-shape", action="append", metavar="NxCxHxW", help="input shape, e.g. 1x3x224x224; repeat for several inputs")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
+    p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
     p.add_argument("--version", action="version", version=f"polyexport {__version__}")
     return p
 
@@ -131,7 +134,7 @@ def run(argv: list[str] | None = None) -> int:
                     notes=notes, dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol,
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
-                    force=args.force, extra_runtimes=args.extra_runtimes)
+                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle)
     _print_summary(report)
     if not report.passed:
         failed = ", ".join(report.failed_runtimes())
@@ -141,9 +144,74 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def verify_main(argv: list[str]) -> int:
+    """`polyexport verify BUNDLE --target RT`: torch-free; what a user runs on the Jetson."""
+    p = _Parser(prog="polyexport verify", description="Check a bundle written with --bundle on this machine's runtime: parity with the PyTorch outputs it holds, and latency.")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--target", required=True, choices=["onnxruntime", "openvino", "tensorrt"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--atol", type=float, help="override the bundle's tolerance")
+    p.add_argument("--rtol", type=float, help="override the bundle's tolerance")
+    p.add_argument("--json", metavar="FILE", help="write the result here")
+    args = p.parse_args(argv)
+    from .bundle import verify_bundle
+
+    with _step(f"verify {args.bundle} on {args.target}"):
+        result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol)
+    pr = result["parity"][args.target]
+    console.print(f"parity on {args.target}: max abs err {pr['max_abs_err']:.3g}, max err / scale {pr['max_rel_err']:.3g}, "
+                  f"cosine {pr['cosine']:.8f} over {pr['comparisons']} outputs: " + ("[green]passed[/]" if pr["passed"] else f"[bold red]FAILED[/] {escape(pr.get('error', ''))}"))
+    for rt, s in result.get("latency_ms", {}).items():
+        console.print(f"latency on {rt}: p50 {s['p50']:.3f} ms, p90 {s['p90']:.3f}, p99 {s['p99']:.3f}, CoV {s['cov']:.1%}, n {s['n']}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0 if result["passed"] else 1
+
+
+def check_main(argv: list[str]) -> int:
+    """`polyexport check MODEL.onnx --target tensorrt`: the static TensorRT parser check."""
+    p = _Parser(prog="polyexport check", description="Report what TensorRT's ONNX parser will refuse in an ONNX file, before any build.")
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("--target", default="tensorrt", choices=["tensorrt"])
+    p.add_argument("--trt-version", action="append", choices=["8.6", "10"], help="TensorRT version(s) to check against (default both)")
+    args = p.parse_args(argv)
+    import os
+
+    import onnx
+
+    from .runtimes.tensorrt_lint import lint_tensorrt
+
+    if not os.path.isfile(args.onnx):
+        raise BadInput(f"{args.onnx}: no such file")
     try:
-        code = run(argv)
+        model = onnx.load(args.onnx)
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(f"{args.onnx} is not a readable ONNX file: {type(e).__name__}") from e
+    errors = 0
+    for version in args.trt_version or ["8.6", "10"]:
+        findings = lint_tensorrt(model, version)
+        errors += sum(f.severity == "error" for f in findings)
+        n_err, n_warn = sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings)
+        console.print(f"[bold]TensorRT {version}[/]: {n_err} error(s), {n_warn} warning(s)")
+        for f in findings:  # one unwrapped line each: node names and messages stay greppable
+            color = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
+            console.print(f"  [{color}]{f.severity:7s}[/] {escape(f.node)} ({f.op}): {escape(f.message)}", soft_wrap=True)
+    return 1 if errors else 0
+
+
+SUBCOMMANDS = {"verify": verify_main, "check": check_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = SUBCOMMANDS[argv[0]](argv[1:]) if argv and argv[0] in SUBCOMMANDS else run(argv)
     except PolyexportError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         code = e.exit_code

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from .errors import BadInput
 
-TARGETS = ("onnx", "onnxruntime", "openvino", "tensorrt")
+from .targets import TARGETS  # noqa: E402
 
 
 @dataclass(frozen=True)

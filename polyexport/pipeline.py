@@ -22,7 +22,7 @@ from . import __version__
 from .bench import measure
 from .convert import TARGETS, convert
 from .errors import BadInput, PolyexportError
-from .export import export_onnx, flatten_outputs
+from .export import export_onnx, flatten_outputs, output_names
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck
 from .report import Report
@@ -53,6 +53,7 @@ class ExportOptions:
     simplifier: str = "onnxsim"
     force: bool = False
     extra_runtimes: Sequence[str] = ()
+    bundle: bool = False  # also write DIR/bundle/ for `polyexport verify` on another machine
 
 
 def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
@@ -197,10 +198,17 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             r.close()
         report.artifacts["report_json"] = "report.json"
         report.artifacts["report_md"] = "report.md"
+        if opts.bundle:
+            report.artifacts["bundle"] = "bundle"
         with open(os.path.join(tmp, "report.json"), "w") as f:
             f.write(report.to_json())
         with open(os.path.join(tmp, "report.md"), "w") as f:
             f.write(report.to_markdown())
+        if opts.bundle:
+            from .bundle import write_bundle
+
+            write_bundle(os.path.join(tmp, "bundle"), onnx_path, report.inputs, output_names(n_outputs), parity_sets, refs,
+                         opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model)
         _commit_out(tmp, opts.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,3 +49,19 @@ def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, 
     onnx.checker.check_model(path, full_check=True)
     ops = Counter(n.op_type for n in proto.graph.node)
     return ExportInfo(path, exporter, opset, how, dynamic_batch, time.perf_counter() - t0, len(proto.graph.node), dict(ops.most_common()))
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """DESIGN.md fixes both `polyexport/export/` (this stage) and the API `polyexport.export(...)`.
+
+    Whichever is imported first owns the attribute `polyexport.export`; calling this module
+    forwards to the pipeline, so the API works in either order.
+    """
+
+    def __call__(self, *args, **kwargs):
+        from ..pipeline import export
+
+        return export(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,116 @@
+"""The portable bundle (round trip, torch-free verify, tampering) and the static TensorRT check."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyexport.cli import main
+from polyexport.export import export_onnx
+from polyexport.runtimes.tensorrt_lint import lint_tensorrt
+
+
+def cli(*argv: str) -> int:
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("b") / "out")
+    assert cli("usernets:build", "--input-shape", "2x3x24x24", "--dynamic-batch", "--bundle", "--no-bench", "--out", out) == 0
+    return os.path.join(out, "bundle")
+
+
+VERIFY_WITHOUT_TORCH = """
+import sys
+sys.modules['torch'] = None   # any `import torch` now raises ImportError
+from polyexport.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_bundle_verifies_without_torch(bundle, target, tmp_path):
+    pytest.importorskip(target)
+    result = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-c", VERIFY_WITHOUT_TORCH, "verify", bundle, "--target", target, "--iterations", "3", "--json", str(result)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr + done.stdout
+    r = json.loads(result.read_text())
+    assert r["passed"] and r["parity"][target]["comparisons"] == 4 and r["latency_ms"][target]["n"] >= 3
+    manifest = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert manifest["dynamic_batch"] and manifest["inputs"][0]["shape"] == [2, 3, 24, 24]
+
+
+def test_bundle_catches_a_wrong_runtime_result(bundle, tmp_path):
+    """Tolerance from the manifest is really applied: an impossible one fails with exit 1."""
+    assert cli("verify", bundle, "--target", "onnxruntime", "--no-bench", "--rtol", "0", "--atol", "0") == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered", "manifest"])
+def test_damaged_bundle_exit_2(bundle, tmp_path, damage, capsys):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(bundle, copy)
+    if damage == "missing":
+        os.remove(os.path.join(copy, "reference.npz"))
+    elif damage == "altered":
+        ref = dict(np.load(os.path.join(copy, "reference.npz")))
+        ref["seed0/0"] = ref["seed0/0"] + 1.0  # someone "fixed" the reference
+        np.savez(os.path.join(copy, "reference.npz"), **ref)
+    else:
+        open(os.path.join(copy, "manifest.json"), "w").write("{not json")
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 2
+    assert {"missing": "reference.npz is missing", "altered": "does not match its checksum", "manifest": "unreadable"}[damage] in capsys.readouterr().err
+
+
+class PerSampleKernels(nn.Module):
+    """A dynamic conv as research code writes it: per-sample kernels, batch folded into groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.bank = nn.Parameter(torch.randn(3, 8, 4, 3, 3) * 0.1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        att = torch.softmax(self.fc(x.mean((2, 3))), 1)
+        k = (att @ self.bank.view(3, -1)).view(b * 8, c, 3, 3)
+        return F.conv2d(x.reshape(1, b * c, h, w), k, padding=1, groups=b).view(b, 8, h, w)
+
+
+def test_lint_flags_reference_dynamic_conv_and_passes_static_graphs(tmp_path, capsys):
+    bad, good = str(tmp_path / "bad.onnx"), str(tmp_path / "good.onnx")
+    export_onnx(PerSampleKernels().eval(), (torch.randn(2, 4, 8, 8),), bad, input_names=["input"], n_outputs=1)
+    rules = {(f.severity, f.rule) for f in lint_tensorrt(bad, "8.6")}
+    assert ("error", "batch-in-group") in rules and ("warning", "dynamic-conv-weights") in rules
+    from usernets import build
+
+    export_onnx(build(), (torch.randn(1, 3, 16, 16),), good, input_names=["input"], n_outputs=1, dynamic_batch=True)
+    assert [f for f in lint_tensorrt(good, "10") if f.severity == "error"] == []
+    assert cli("check", good) == 0
+    assert cli("check", bad, "--trt-version", "10") == 1
+    assert "batch folded into group" in capsys.readouterr().out
+
+
+def test_lint_version_rules(tmp_path):
+    class Ops(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2, mode="bicubic")
+
+    path = str(tmp_path / "ops.onnx")
+    export_onnx(Ops(), (torch.randn(1, 2, 4, 4),), path, input_names=["input"], n_outputs=1, opset=18)
+    for version in ("8.6", "10"):
+        rules = {f.rule for f in lint_tensorrt(path, version)}
+        assert "resize-mode" in rules
+        assert ("opset" in rules) == (version == "8.6")  # opset 18 is past 8.6's 17, within 10's 20
+    assert cli("check", str(tmp_path / "nope.onnx")) == 2
