@@ -86,16 +86,33 @@ def register_adapter(name: str, matches: Callable[[nn.Module], bool], to_referen
     _ADAPTERS.append(Adapter(name, matches, to_reference))
 
 
+_PLUGIN_ERRORS: dict[str, str] = {}
+
+
 def _load_plugins() -> None:
-    """Import every file of deploy_layers/ and adapters/: each registers itself."""
+    """Import every file of deploy_layers/ and adapters/: each registers itself.
+
+    A plugin that fails to import is reported (warning, and `plugin_errors()`) and skipped, so one
+    broken layer does not take the others down; the test suite asserts there are none.
+    """
     global _loaded
     if _loaded:
         return
     for pkg in ("deploy_layers", "adapters"):
         mod = importlib.import_module(f"{__package__}.{pkg}")
         for info in pkgutil.iter_modules(mod.__path__):
-            importlib.import_module(f"{mod.__name__}.{info.name}")
+            name = f"{mod.__name__}.{info.name}"
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001
+                _PLUGIN_ERRORS[name] = f"{type(e).__name__}: {e}"
+                warnings.warn(f"polyexport: layer plugin {name} failed to import ({type(e).__name__}: {e}); its layers stay as they are", stacklevel=2)
     _loaded = True
+
+
+def plugin_errors() -> dict[str, str]:
+    _load_plugins()
+    return dict(_PLUGIN_ERRORS)
 
 
 def registered_layers() -> dict[type, LayerEntry]:

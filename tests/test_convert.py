@@ -125,3 +125,13 @@ def test_form_constraints_dynamic_batch_and_tensorrt():
         convert(model, dynamic_batch=True, forms={"Toy": "static_only"})
     _, records = convert(model, forms={"Toy": "reference"})
     assert records[0].form == "reference"
+
+
+def test_every_layer_plugin_imports_and_registers():
+    from polyexport.convert import plugin_errors, registered_layers
+
+    assert plugin_errors() == {}
+    for ref_type, entry in registered_layers().items():
+        assert entry.forms, f"{ref_type.__name__} registered without forms"
+        for target, order in entry.prefer.items():
+            assert set(order) <= set(entry.forms), f"{ref_type.__name__}: prefer[{target}] names unknown forms"
