@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
+    p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="TensorRT optimization profile for --dynamic-batch (default 1,1,32)")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
     p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
     p.add_argument("--version", action="version", version=f"polyexport {__version__}")
     return p
@@ -111,6 +113,14 @@ def run(argv: list[str] | None = None) -> int:
     if args.target not in TARGETS:
         raise BadInput(f"unknown target '{args.target}'; choose one of {', '.join(TARGETS)}")
     shapes = [parse_shape(s) for s in args.input_shape or []]
+    batch_range = None
+    if args.batch_range:
+        try:
+            batch_range = tuple(int(v) for v in args.batch_range.split(","))
+        except ValueError:
+            batch_range = ()
+        if len(batch_range) != 3 or not 0 < batch_range[0] <= batch_range[1] <= batch_range[2]:
+            raise BadInput(f"--batch-range '{args.batch_range}': expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, e.g. 1,4,16")
     forms = parse_form_overrides(args.form)
     check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)  # exit 3 before any work
     with _step(f"load {args.model}"), warnings.catch_warnings():
@@ -134,7 +144,8 @@ def run(argv: list[str] | None = None) -> int:
                     notes=notes, dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol,
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
-                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle)
+                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle,
+                    batch_range=batch_range, workspace_mb=args.workspace)
     _print_summary(report)
     if not report.passed:
         failed = ", ".join(report.failed_runtimes())

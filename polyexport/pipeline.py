@@ -54,6 +54,8 @@ class ExportOptions:
     force: bool = False
     extra_runtimes: Sequence[str] = ()
     bundle: bool = False  # also write DIR/bundle/ for `polyexport verify` on another machine
+    batch_range: tuple[int, int, int] | None = None  # TensorRT profile (min, opt, max) with a dynamic batch
+    workspace_mb: int = 1024
 
 
 def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
@@ -165,7 +167,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         report.export = {k: v for k, v in info.as_dict().items() if k != "path"}
         report.artifacts["onnx"] = "model.onnx"
 
-        runner_opts = RunnerOptions(opts.threads, opts.device)
+        runner_opts = RunnerOptions(opts.threads, opts.device, batch_range=opts.batch_range, workspace_mb=opts.workspace_mb)
         latency_fns: dict[str, Callable[[], object]] = {}
         bench_feeds = dict(zip(names, parity_sets[0][1]))
         torch_runner = TorchRunner(model, names, runner_opts)

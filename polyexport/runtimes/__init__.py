@@ -33,7 +33,9 @@ def make_runner(name: str, options: RunnerOptions | None = None) -> Runner:
         from .openvino import OpenVinoRunner
 
         return OpenVinoRunner(options)
-    raise RuntimeMissing("tensorrt", None, "tensorrt imports here, but polyexport's TensorRT runner is not written yet; use --target onnx and build the engine with trtexec")
+    from .tensorrt import TensorRTRunner
+
+    return TensorRTRunner(options)
 
 
 __all__ = ["Runner", "RunnerOptions", "default_threads", "make_runner", "available", "installed", "ONNX_RUNTIMES"]

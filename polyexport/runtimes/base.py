@@ -18,6 +18,8 @@ class RunnerOptions:
     threads: int | None = None  # None: one per physical core
     device: str = "cpu"
     fp16: bool = False
+    batch_range: tuple[int, int, int] | None = None  # TensorRT optimization profile (min, opt, max)
+    workspace_mb: int = 1024  # TensorRT builder workspace
 
     def resolved_threads(self) -> int:
         return self.threads or default_threads()
