@@ -37,14 +37,22 @@ class Form:
     note: str = ""
 
 
+#: target (or "*") -> form names, best first; or a function of (reference module, target) where the
+#: fastest form depends on the layer's configuration (e.g. depthwise vs dense)
+Preference = dict[str, list[str]] | Callable[[nn.Module, str | None], list[str]]
+
+
 @dataclass
 class LayerEntry:
     ref_type: type
     forms: dict[str, Form]
-    prefer: dict[str, list[str]]  # target (or "*") -> form names, best first
+    prefer: Preference
 
-    def candidates(self, target: str | None) -> list[Form]:
-        order = self.prefer.get(target or "*") or self.prefer.get("*") or list(self.forms)
+    def candidates(self, target: str | None, ref: nn.Module | None = None) -> list[Form]:
+        if callable(self.prefer):
+            order = self.prefer(ref, target)
+        else:
+            order = self.prefer.get(target or "*") or self.prefer.get("*") or list(self.forms)
         rest = [n for n in self.forms if n not in order]
         return [self.forms[n] for n in [*order, *rest]]
 
@@ -77,7 +85,7 @@ _ADAPTERS: list[Adapter] = []
 _loaded = False
 
 
-def register_layer(ref_type: type, forms: Iterable[Form], prefer: dict[str, list[str]] | None = None) -> None:
+def register_layer(ref_type: type, forms: Iterable[Form], prefer: Preference | None = None) -> None:
     forms = list(forms)
     _LAYERS[ref_type] = LayerEntry(ref_type, {f.name: f for f in forms}, prefer or {"*": [f.name for f in forms]})
 
@@ -159,7 +167,7 @@ def _choose(entry: LayerEntry, ref: nn.Module, name: str, target: str | None, dy
             raise BadInput(f"--form {type(ref).__name__}={forced} cannot be used for {label}: {why}; forms that would work: {', '.join(ok) or 'none'}")
         return form, ""
     reasons = []
-    for form in entry.candidates(target):
+    for form in entry.candidates(target, ref):
         why = unusable(form)
         if why is None:
             return form, ""
@@ -232,6 +240,8 @@ class _LeafTracer(fx.Tracer):
     """Keeps torch.nn layers and deploy modules (anything with a fuse method) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.Identity):  # traced through: what one fold leaves must not hide the next pair
+            return False
         return hasattr(m, "fuse_bn") or hasattr(m, "fuse_next_conv") or super().is_leaf_module(m, qualname)
 
 

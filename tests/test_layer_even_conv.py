@@ -191,7 +191,7 @@ def test_deploy_swaps_folds_bn_and_records():
     _, records = convert(model)
     by_name = {r.name: r for r in records}
     assert (by_name["conv1"].type, by_name["conv1"].form) == ("SymmetricPadConv2d", "split")
-    assert by_name["conv2"].form == "split"
+    assert by_name["conv2"].form == "single"  # depthwise: the measured preference puts the one-conv form first
     assert by_name["bn1"].form == "folded" and by_name["bn2"].form == "folded"
 
 
@@ -205,8 +205,8 @@ def test_forced_forms_fold_bn_in_a_sequential(form):
 
 
 def test_split_falls_back_where_conv_groups_straddle_padding_groups():
-    assert registered_layers()[SymmetricPadConv2d].prefer["*"][0] == "split"
-    model = randomize_(nn.Sequential(C2sp(8, 8, groups=2), C2sp(8, 8, groups=8)))
+    assert registered_layers()[SymmetricPadConv2d].prefer(C2sp(8, 8, groups=2), "*")[0] == "split"
+    model = randomize_(nn.Sequential(C2sp(8, 8, groups=2), C2sp(8, 8, groups=4)))
     dep, records = convert(model)
     assert [r.form for r in records] == ["padcat", "split"]
     assert_equivalent(model, dep, torch.randn(2, 8, 7, 7))
@@ -243,3 +243,13 @@ def test_elnas_configurations_that_are_not_c2sp_are_left_alone():
     model = nn.Sequential(Spconv2d(8, 8, 3, padding=1))
     _, records = convert(model)
     assert records == []
+
+
+def test_depthwise_prefers_single_dense_prefers_split():
+    """The measured order depends on the configuration: depthwise gets the one-conv form."""
+    from polyexport.convert import convert
+    from polyexport.layers.even_conv import SymmetricPadConv2d
+
+    dense, dw = SymmetricPadConv2d(8, 8, 2), SymmetricPadConv2d(8, 8, 2, groups=8)
+    assert convert(nn.Sequential(dense))[1][0].form == "split"
+    assert convert(nn.Sequential(dw))[1][0].form == "single"

@@ -163,6 +163,18 @@ def build_padcat(ref: SymmetricPadConv2d) -> PadConcatConv:
     return PadConcatConv(group_sizes(ref.in_channels), ref.group_pads(), conv).eval()
 
 
+def _preference(ref: SymmetricPadConv2d | None) -> list[str]:
+    """Measured (benchmarks/layers.py, 1 thread, ONNX Runtime and OpenVINO): dense C2sp at 56²×64,
+    28²×128, 14²×256 and C4sp at 28²×128: split ≈ 0.45–0.53× a 3×3 conv, padcat (= the reference
+    graph) ≈ 0.51–0.56×, single ≈ 1.0× (it does the 3×3's FLOPs). Depthwise C2sp at 28²×128: single
+    ≈ 1.0× a 3×3 depthwise conv, split 1.09–1.19×, padcat 1.19–1.95×: four small convs cost more than
+    the extra FLOPs of one. TensorRT not measured: same order.
+    """
+    if ref is not None and ref.groups > 1 and ref.groups == ref.in_channels:
+        return ["single", "split", "padcat"]
+    return ["split", "padcat", "single"]
+
+
 _BUILDERS = {"single": build_single, "split": build_split, "padcat": build_padcat}
 
 
@@ -182,8 +194,5 @@ register_layer(
              note="per channel group Pad + kxk conv, summed (groups=1) or concatenated (aligned groups); reference FLOPs"),
         Form("padcat", build_padcat, note="the reference graph (Pad per group, Concat, kxk conv), BN-foldable"),
     ],
-    # Measured (benchmarks/layers.py, 1 thread, C2sp at 56²×64, 28²×128, 14²×256 and C4sp at 28²×128):
-    # split ≈ 0.45–0.53× a 3×3 conv on ONNX Runtime and OpenVINO, padcat (= the reference graph)
-    # ≈ 0.51–0.56×, single ≈ 1.0× (it does the 3×3's FLOPs). TensorRT not measured: same order.
-    prefer={t: ["split", "padcat", "single"] for t in ("*", "onnxruntime", "openvino", "tensorrt")},
+    prefer=lambda ref, target: _preference(ref),
 )
