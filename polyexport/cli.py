@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
+    p.add_argument("--explain", action="store_true", help="localise the first diverging layer even when parity holds (automatic on a parity failure)")
     p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="TensorRT optimization profile for --dynamic-batch (default 1,1,32)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
     p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
@@ -89,6 +90,13 @@ def _print_summary(report) -> None:
         ok = "[green]yes[/]" if p["passed"] else f"[bold red]NO[/] {escape(p.get('error', ''))}"
         t.add_row(k, f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p['cosine']:.8f}", ok)
     console.print(t)
+    if report.explain:
+        e = report.explain
+        if e.get("module"):
+            console.print(f"[bold]first diverging module[/] at stage {e['stage']}: [bold]{escape(e['module'])}[/] ({e['type']}, form {e['form']}), "
+                          f"max error / scale {e['max_rel_err']:.3g}", soft_wrap=True)
+        else:
+            console.print(f"stage {e['stage']}: {escape(e.get('note') or e.get('error', ''))}", soft_wrap=True)
     if report.latency_ms:
         base = report.latency_ms.get("torch", {}).get("p50")
         t = Table(title=f"latency, batch {report.inputs[0]['shape'][0]} (ms)", title_justify="left")
@@ -145,11 +153,12 @@ def run(argv: list[str] | None = None) -> int:
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
                     force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle,
-                    batch_range=batch_range, workspace_mb=args.workspace)
+                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain)
     _print_summary(report)
     if not report.passed:
-        failed = ", ".join(report.failed_runtimes())
-        err_console.print(f"[bold red]parity failed[/] on {failed}: outputs differ from PyTorch beyond atol {args.atol:g} + rtol {args.rtol:g}·scale; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
+        first, *later = report.failed_runtimes()
+        also = f" (and after it: {', '.join(later)})" if later else ""
+        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: outputs differ from PyTorch beyond atol {args.atol:g} + rtol {args.rtol:g}·scale; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
         return 1
     console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {args.out}/report.md", soft_wrap=True)
     return 0

@@ -70,13 +70,16 @@ class Adapter:
 class LayerRecord:
     name: str
     type: str
-    form: str  # the deploy form, or "reference" where none applied, or "folded" for a BN
+    form: str  # the deploy form; "reference" where none applied; "folded"/"absorbed" for a module merged into another
     note: str = ""
+    into: str = ""  # for folded/absorbed: the module (by name, in the deployed model) that now computes it
 
     def as_dict(self) -> dict:
         d = {"name": self.name, "type": self.type, "form": self.form}
         if self.note:
             d["note"] = self.note
+        if self.into:
+            d["into"] = self.into
         return d
 
 
@@ -309,7 +312,7 @@ def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
     return _fold_pairs(
         model, _bn_pair,
         lambda conv, bn: conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn),
-        lambda a, b, bn: LayerRecord(b, "BatchNorm2d", "folded", f"into {a}"),
+        lambda a, b, bn: LayerRecord(b, "BatchNorm2d", "folded", f"into {a}", into=a),
     )
 
 
@@ -318,7 +321,7 @@ def fold_into_next_conv(model: nn.Module) -> list[LayerRecord]:
     return _fold_pairs(
         model, _next_conv_pair,
         lambda prev, conv: prev.fuse_next_conv(conv),
-        lambda a, b, conv: LayerRecord(b, type(conv).__name__, "absorbed", f"{a} folded into its weights"),
+        lambda a, b, conv: LayerRecord(b, type(conv).__name__, "absorbed", f"{a} folded into its weights", into=a),
     )
 
 

@@ -56,6 +56,7 @@ class ExportOptions:
     bundle: bool = False  # also write DIR/bundle/ for `polyexport verify` on another machine
     batch_range: tuple[int, int, int] | None = None  # TensorRT profile (min, opt, max) with a dynamic batch
     workspace_mb: int = 1024
+    explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
 
 
 def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
@@ -113,6 +114,54 @@ def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[Input
     return [t.float().numpy() for t in outs]
 
 
+def _graph_parity(stage: str, path: str, parity_sets, refs, names, opts: ExportOptions):
+    from .runtimes.onnxruntime import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False)
+    check = ParityCheck(stage, opts.atol, opts.rtol)
+    try:
+        runner.load(path, os.path.dirname(path))
+        for label, arrays in parity_sets:
+            check.add(label, refs[label], runner.run(dict(zip(names, arrays))))
+    except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime cannot run is a failed rung
+        check.fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    finally:
+        runner.close()
+    return check.result
+
+
+def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, opts: ExportOptions, export_kw, workdir, runner_opts,
+             report_passed: Callable[[str], bool]) -> dict:
+    """The first watched module that diverges at `stage` (see explain.py), as a report entry."""
+    from .explain import explain_deploy, explain_export
+
+    try:
+        if stage == "torch-deployed":
+            found = explain_deploy(original, deployed, records, arrays, opts.rtol, opts.atol)
+        else:
+            def run_graph(path: str, feeds: dict) -> list:
+                if stage.startswith("onnx-"):
+                    from .runtimes.onnxruntime import OnnxRuntimeRunner
+
+                    runner = OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False)
+                else:
+                    runner = make_runner(stage, runner_opts)
+                with runner:
+                    runner.load(path, workdir)
+                    return runner.run(feeds)
+
+            kw = dict(export_kw, simplifier="none" if stage == "onnx-exported" else export_kw["simplifier"])
+            found = explain_export(deployed, records, arrays, names, n_outputs, run_graph, workdir, stage, opts.rtol, opts.atol, kw)
+    except Exception as e:  # noqa: BLE001 - the diagnosis must never hide the result it explains
+        return {"stage": stage, "error": f"could not localise: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    result = found.as_dict()
+    if found.module is None:  # every submodule agrees: only the top-level forward's own code is left
+        stage_failed = not report_passed(stage)
+        result["note"] = (f"every submodule agrees; the difference arises in the top-level forward of {type(original).__name__} "
+                          "(its own code, outside any submodule)") if stage_failed else "every watched module agrees"
+    return result
+
+
 def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
            out: str = "polyexport-out", input_shapes: Sequence[tuple[int, ...]] | None = None, name: str | None = None,
            progress: Progress | None = None, notes: Sequence[str] = (), **options) -> Report:
@@ -149,7 +198,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                     inputs=[s.as_dict() for s in specs], notes=list(notes))
     tmp = _prepare_out(opts.out, opts.force)
     try:
-        exported = model
+        exported, records = model, []
         if opts.deploy:
             with step("deploy: swap layers, fold BatchNorm"):
                 exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict)
@@ -160,12 +209,18 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             report.parity["torch-deployed"] = check.result.as_dict()
 
         onnx_path = os.path.join(tmp, "model.onnx")
+        diag = tempfile.mkdtemp(prefix="polyexport-diag-")
+        raw_path = os.path.join(diag, "exported.onnx")
+        export_kw = dict(opset=opts.opset, dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, simplifier=opts.simplifier)
         with step(f"export to ONNX (opset {opts.opset})"):
             example = to_torch(parity_sets[0][1])
-            info = export_onnx(exported, example, onnx_path, input_names=names, n_outputs=n_outputs, opset=opts.opset,
-                               dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, simplifier=opts.simplifier)
+            info = export_onnx(exported, example, onnx_path, input_names=names, n_outputs=n_outputs, raw_path=raw_path, **export_kw)
         report.export = {k: v for k, v in info.as_dict().items() if k != "path"}
         report.artifacts["onnx"] = "model.onnx"
+        if available("onnxruntime"):  # the ladder's middle rungs: the graph itself, no runtime optimisation
+            with step("ONNX graph parity (ONNX Runtime, optimisations off)"):
+                for stage, path in (("onnx-exported", raw_path), ("onnx-simplified", onnx_path)):
+                    report.parity[stage] = _graph_parity(stage, path, parity_sets, refs, names, opts).as_dict()
 
         runner_opts = RunnerOptions(opts.threads, opts.device, batch_range=opts.batch_range, workspace_mb=opts.workspace_mb)
         latency_fns: dict[str, Callable[[], object]] = {}
@@ -192,6 +247,14 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                 report.runtimes[rt] = runner.describe()
                 if check.result.error is None:
                     latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
+        failed = [k for k, p in report.parity.items() if not p["passed"]]
+        report.first_failing_stage = failed[0] if failed else None
+        if failed or opts.explain:
+            stage = failed[0] if failed else (runtime_names[-1] if runtime_names else "onnx-simplified")
+            with step(f"locate the first diverging layer ({stage})"):
+                report.explain = _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts, export_kw,
+                                          diag, runner_opts, lambda k: report.parity[k]["passed"])
+        shutil.rmtree(diag, ignore_errors=True)
         if opts.bench:
             for rt, fn in latency_fns.items():
                 with step(f"latency: {rt}"):

@@ -19,6 +19,8 @@ class Report:
     export: dict = field(default_factory=dict)
     deploy: bool = True
     notes: list[str] = field(default_factory=list)
+    first_failing_stage: str | None = None  # the first rung of the ladder that failed
+    explain: dict | None = None  # the first diverging module at that stage (explain.py)
 
     @property
     def passed(self) -> bool:
@@ -33,6 +35,7 @@ class Report:
             "layers": self.layers, "parity": self.parity, "latency_ms": self.latency_ms,
             "artifacts": self.artifacts, "versions": self.versions, "runtimes": self.runtimes,
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
+            "first_failing_stage": self.first_failing_stage, "explain": self.explain,
         }
 
     def to_json(self) -> str:
@@ -52,6 +55,20 @@ class Report:
             for k, p in self.parity.items():
                 lines.append(f"| {k} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {p['cosine']:.9f} | {p.get('comparisons', '')} | {'yes' if p['passed'] else '**no**'} |")
             lines += ["", f"Tolerance: max abs err ≤ atol + rtol·max|ref| (atol {next(iter(self.parity.values()))['atol']:g}, rtol {next(iter(self.parity.values()))['rtol']:g}).", ""]
+        if self.explain:
+            e = self.explain
+            lines += ["## Where it diverges", ""]
+            if e.get("module"):
+                lines += [f"First diverging module at stage **{e['stage']}**: `{e['module']}` ({e['type']}, form {e['form']}), "
+                          f"max error / scale {e['max_rel_err']:.3g}.", "",
+                          "| module (execution order) | max error / scale |", "|---|---|"]
+                lines += [f"| `{c['module']}` | {c['max_rel_err']:.3g} |" for c in e.get("checked", [])]
+            else:
+                lines.append(f"Stage {e['stage']}: {e.get('note') or e.get('error')}")
+                if e.get("checked"):
+                    lines += ["", "| module (execution order) | max error / scale |", "|---|---|"]
+                    lines += [f"| `{c['module']}` | {c['max_rel_err']:.3g} |" for c in e["checked"]]
+            lines.append("")
         if self.latency_ms:
             base = self.latency_ms.get("torch", {}).get("p50")
             lines += ["## Latency (ms)", "", "| runtime | p50 | p90 | p99 | mean | CoV | n | vs PyTorch |", "|---|---|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ def test_export_returns_report_object(tmp_path):
 
     report = polyexport.export(usernets.build(), [torch.randn(2, 3, 16, 16)], target="openvino", out=str(tmp_path / "o"),
                                bench=False, dynamic_batch=True, extra_runtimes=["onnxruntime"])
-    assert report.passed and set(report.parity) == {"torch-deployed", "openvino", "onnxruntime"}
+    assert report.passed and set(report.parity) == {"torch-deployed", "onnx-exported", "onnx-simplified", "openvino", "onnxruntime"}
     assert report.artifacts["openvino_xml"].endswith("model.xml") and report.inputs[0]["shape"] == [2, 3, 16, 16]
 
 

@@ -92,8 +92,9 @@ def test_parity_failure_exits_1_and_keeps_artifacts(out, capsys):
     r = report(out)
     assert r["passed"] is False and not r["parity"]["onnxruntime"]["passed"] and not r["parity"]["openvino"]["passed"]
     assert r["parity"]["torch-deployed"]["passed"]  # the deploy stage was fine: the export changed the numbers
+    assert r["first_failing_stage"] == "onnx-exported"
     assert os.path.exists(os.path.join(out, "model.onnx"))
-    assert "parity failed on onnxruntime, openvino" in capsys.readouterr().err
+    assert "parity failed first at onnx-exported (and after it: onnx-simplified, onnxruntime, openvino)" in capsys.readouterr().err
     assert "parity FAILED" in open(os.path.join(out, "report.md")).read()
 
 

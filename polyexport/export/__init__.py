@@ -33,12 +33,17 @@ class ExportInfo:
 
 def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, input_names: list[str],
                 n_outputs: int, opset: int = 17, dynamic_batch: bool = False, exporter: str = "torchscript",
-                simplifier: str = "onnxsim") -> ExportInfo:
-    """Export, simplify, check and shape-infer; the file at `path` is the final graph."""
+                simplifier: str = "onnxsim", raw_path: str | None = None) -> ExportInfo:
+    """Export, simplify, check and shape-infer; the file at `path` is the final graph.
+
+    `raw_path`, if given, keeps the exporter's graph before simplification (for staged parity).
+    """
     t0 = time.perf_counter()
     export_with_attribution(model, args, path, input_names=input_names, n_outputs=n_outputs, opset=opset,
                             dynamic_batch=dynamic_batch, exporter=exporter)
     proto = onnx.load(path)
+    if raw_path:
+        onnx.save(proto, raw_path)
     proto, how = simplify(proto, simplifier)
     try:
         onnx.checker.check_model(proto, full_check=False)
