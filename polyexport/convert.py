@@ -10,7 +10,7 @@ import copy
 import importlib
 import pkgutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -250,7 +250,8 @@ class _LeafTracer(fx.Tracer):
 
 def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     conv_like = (isinstance(producer, nn.Conv2d) and producer.padding_mode == "zeros") or hasattr(producer, "fuse_bn")
-    return conv_like and isinstance(consumer, nn.BatchNorm2d) and consumer.track_running_stats and consumer.running_mean is not None
+    # exactly BatchNorm2d: a subclass may add work to its forward (timm's BatchNormAct2d adds the activation)
+    return conv_like and type(consumer) is nn.BatchNorm2d and consumer.track_running_stats and consumer.running_mean is not None
 
 
 def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:

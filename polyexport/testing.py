@@ -79,12 +79,15 @@ class RuntimeCheck:
 def check_on_runtimes(ref: nn.Module, deployed: nn.Module, input_shapes: Sequence[tuple[int, ...]],
                       batches: Sequence[int] = (1, 4), runtimes: Sequence[str] | None = None,
                       rtol: float = RTOL, opset: int = 17, seed: int = 0, workdir: str | None = None,
-                      onnx_check=None) -> list[RuntimeCheck]:
+                      onnx_check=None, dynamic_batch: bool = True) -> list[RuntimeCheck]:
     """Export `deployed` once with a dynamic batch axis; on each runtime and batch, compare with `ref` in PyTorch.
 
     `onnx_check(path)`, if given, is called on the exported file (e.g. to assert which ops it holds).
+    `dynamic_batch=False` (for static-batch forms) exports at the input shapes' own batch and runs only that.
     Raises AssertionError naming runtime, batch and error where parity fails.
     """
+    if not dynamic_batch:
+        batches = (input_shapes[0][0],)
     runtimes = list(runtimes) if runtimes is not None else installed()
     runtimes = [r for r in runtimes if r != "tensorrt"]
     names = ["input"] if len(input_shapes) == 1 else [f"input_{i}" for i in range(len(input_shapes))]
@@ -95,7 +98,7 @@ def check_on_runtimes(ref: nn.Module, deployed: nn.Module, input_shapes: Sequenc
     results = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = os.path.join(tmp, "model.onnx")
-        export_onnx(deployed, example, path, input_names=names, n_outputs=n_out, opset=opset, dynamic_batch=True)
+        export_onnx(deployed, example, path, input_names=names, n_outputs=n_out, opset=opset, dynamic_batch=dynamic_batch)
         if onnx_check is not None:
             onnx_check(path)
         for rt in runtimes:
