@@ -1,0 +1,172 @@
+"""timm's CondConv2d: every deploy form keeps forward(x, routing_weights) and equals the reference, in
+PyTorch and exported (one graph, batches 1, 2, 8); BN folding with a sigmoid routing that does not sum
+to 1; conversion of a whole CondConvResidual block; the timm adapter."""
+from __future__ import annotations
+
+import collections
+import functools
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from polyexport.convert import convert
+from polyexport.deploy_layers.condconv import to_deploy
+from polyexport.errors import BadInput
+from polyexport.layers.condconv import CondConv2d, CondConvResidual, SqueezeExcite
+from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
+from tests.foreign import condconv as timm
+from tests.test_layer_dynamic_conv import check_static_batch
+
+FORMS = ("bank_grouped", "bank_batched", "output_aggregation")
+
+# (in, out, kernel, stride, padding, dilation, groups, bias, H, W, batch, experts)
+CONFIGS = [
+    (8, 16, 3, 1, "", 1, 1, False, 9, 9, 4, 4),
+    (8, 16, 3, 2, "", 1, 1, True, 10, 10, 4, 4),
+    (16, 16, 3, 2, "same", 1, 16, False, 11, 8, 4, 3),  # depthwise, dynamic (TF) 'same' padding
+    (16, 16, 5, 1, "", 2, 16, True, 12, 12, 1, 4),  # depthwise, dilated
+    (12, 24, 1, 1, "", 1, 1, False, 7, 7, 4, 4),  # pointwise expansion
+    (12, 6, 1, 2, "", 1, 3, True, 9, 9, 4, 2),  # strided grouped pointwise
+    (8, 8, 4, 2, "same", 1, 2, True, 9, 10, 4, 4),  # even kernel, 'same'
+    (8, 12, 3, 1, 0, 1, 1, True, 8, 8, 2, 8),  # no padding, 8 experts
+]
+
+
+def layer(cfg, seed: int = 0) -> CondConv2d:
+    cin, cout, k, s, p, d, g, bias = cfg[:8]
+    return randomize_(CondConv2d(cin, cout, k, s, p, d, g, bias=bias, num_experts=cfg[11]), seed=seed)
+
+
+def inputs(cfg, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg[10], cfg[0], cfg[8], cfg[9], generator=gen)
+    routing = torch.rand(cfg[10], cfg[11], generator=gen) * 0.9 + 0.05  # sigmoid-like values, sums ≠ 1
+    return x, routing
+
+
+class WithBN(nn.Module):
+    """bn(conv(x, routing)): the reference for a form with a BN folded in."""
+
+    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x, routing):
+        return self.bn(self.conv(x, routing))
+
+
+def bn(c: int, seed: int = 5) -> nn.BatchNorm2d:
+    return randomize_(nn.Sequential(nn.BatchNorm2d(c)), seed=seed)[0]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "c{}-{}k{}s{}p{!r}d{}g{}b{}_{}x{}_n{}e{}".format(*c))
+def test_forms_equal_reference(cfg, form):
+    ref = layer(cfg)
+    x, routing = inputs(cfg)
+    if cfg[10] > 1:
+        assert (routing.max(0).values - routing.min(0).values).max() > 0.2, "routing must differ across the batch"
+    deployed = to_deploy(ref, form)
+    assert_equivalent(ref, deployed, x, routing)
+    norm = bn(cfg[1])
+    with torch.no_grad():
+        norm.bias.add_(3.0)  # a large shift: scaling it by the routing (which does not sum to 1) would show
+    assert (routing.sum(1) - 1).abs().max() > 0.3
+    assert_equivalent(WithBN(ref, norm).eval(), deployed.fuse_bn(norm), x, routing)
+
+
+RUNTIME_CFGS = [CONFIGS[1], CONFIGS[2], CONFIGS[4]]
+
+
+@pytest.mark.parametrize("form", ["bank_batched", "output_aggregation"])
+@pytest.mark.parametrize("cfg", RUNTIME_CFGS, ids=["dense-s2", "dw-same", "pw"])
+def test_dynamic_batch_forms_on_runtimes(cfg, form):
+    ref = layer(cfg)
+
+    def onnx_check(path):
+        model = onnx.load(path)
+        inits = {i.name for i in model.graph.initializer}
+        ops = collections.Counter(n.op_type for n in model.graph.node)
+        assert all(n.input[1] in inits for n in model.graph.node if n.op_type == "Conv"), "computed Conv weight"
+        assert ops["Conv"] == (0 if form == "bank_batched" and cfg[2] == 1 else 1)
+        # output_aggregation: one MatMul mixes the outputs; bank_batched: kernels, biases, patches
+        assert ops["MatMul"] == (1 if form == "output_aggregation" else 3)
+
+    shapes = [(2, cfg[0], cfg[8], cfg[9]), (2, cfg[11])]
+    checks = check_on_runtimes(ref, to_deploy(ref, form), shapes, batches=(1, 2, 8), onnx_check=onnx_check)
+    assert {c.batch for c in checks} == {1, 2, 8}
+
+
+def block(seed: int = 0, **kw) -> CondConvResidual:
+    se = functools.partial(SqueezeExcite, rd_ratio=0.25)
+    args = dict(in_chs=16, out_chs=16, dw_kernel_size=3, exp_ratio=2.0, se_layer=se, num_experts=4)
+    m = randomize_(CondConvResidual(**{**args, **kw}), seed=seed)
+    with torch.no_grad():
+        m.routing_fn.weight.mul_(20)  # routing far from constant across samples
+    return m
+
+
+def test_block_conversion_folds_all_bns():
+    model = nn.Sequential(block(), block(seed=1, stride=2, out_chs=24, pad_type="same")).eval()
+    x = torch.randn(4, 16, 11, 11)
+    for kwargs, want in [({}, "bank_grouped"), ({"dynamic_batch": True}, "bank_batched"),
+                         ({"target": "tensorrt"}, "bank_batched")]:
+        deployed, records = convert(model, **kwargs)
+        forms = {r.name: (r.type, r.form) for r in records}
+        for i in ("0", "1"):
+            for conv in ("conv_pw", "conv_dw", "conv_pwl"):
+                # measured: among dynamic-batch forms, depthwise convs are faster as output aggregation
+                expect = "output_aggregation" if (conv == "conv_dw" and want == "bank_batched") else want
+                assert forms[f"{i}.{conv}"] == ("CondConv2d", expect)
+        assert not any(isinstance(m, (nn.BatchNorm2d, CondConv2d)) for m in deployed.modules())
+        assert_equivalent(model, deployed, x)
+    with pytest.raises(BadInput, match=r"CondConv2d.*bank_batched, output_aggregation"):
+        convert(model, dynamic_batch=True, forms={"CondConv2d": "bank_grouped"})
+
+
+def test_converted_block_on_runtimes():
+    model = block()
+    deployed, _ = convert(model, dynamic_batch=True)
+    check_on_runtimes(model, deployed, [(2, 16, 9, 9)], batches=(1, 2, 8))
+    grouped, _ = convert(model)
+    check_static_batch(model, grouped, (1, 16, 9, 9))
+
+
+def test_timm_state_dicts_load_strict():
+    theirs = timm.CondConv2d(8, 16, 3, stride=2, padding="same", groups=2, bias=True, num_experts=4)
+    ours = CondConv2d(8, 16, 3, stride=2, padding="same", groups=2, bias=True, num_experts=4)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x, routing = torch.randn(3, 8, 9, 9), torch.rand(3, 4)
+    assert_equivalent(theirs, ours, x, routing)
+    se = functools.partial(timm.SqueezeExcite, rd_ratio=0.25)
+    their_block = randomize_(timm.CondConvResidual(16, 16, exp_ratio=2.0, se_layer=se, num_experts=4))
+    our_block = block()
+    our_block.load_state_dict(their_block.state_dict(), strict=True)
+    assert_equivalent(their_block.eval(), our_block.eval(), torch.randn(3, 16, 9, 9))
+
+
+def test_adapter_converts_timm_condconv():
+    theirs = randomize_(timm.CondConv2d(8, 16, 3, stride=2, padding="same", bias=True, num_experts=4))
+    model = WithBN(theirs, bn(16)).eval()
+    x, routing = torch.randn(4, 8, 9, 9), torch.sigmoid(3 * torch.randn(4, 4))
+    deployed, records = convert(model, dynamic_batch=True)
+    rec = {r.name: r for r in records}
+    assert rec["conv"].form == "bank_batched" and "condconv.timm" in rec["conv"].note
+    assert rec["bn"].form == "folded"
+    assert_equivalent(model, deployed, x, routing)
+
+
+def test_timm_block_converted_through_adapter():
+    """timm's own block: its three CondConv2d are swapped (the routing stays in the block); BatchNormAct2d
+    is not a torch.nn module, so it is traced through and left unfolded, which keeps its activation."""
+    se = functools.partial(timm.SqueezeExcite, rd_ratio=0.25)
+    model = randomize_(timm.CondConvResidual(16, 16, exp_ratio=2.0, se_layer=se, num_experts=4))
+    with torch.no_grad():
+        model.routing_fn.weight.mul_(20)
+    deployed, records = convert(model, dynamic_batch=True)
+    assert [(r.name, r.form) for r in records] == [("conv_pw", "bank_batched"), ("conv_dw", "output_aggregation"), ("conv_pwl", "bank_batched")]
+    assert not any(type(m).__name__ == "CondConv2d" for m in deployed.modules())
+    assert_equivalent(model, deployed, torch.randn(4, 16, 9, 9))
+    check_on_runtimes(model, deployed, [(2, 16, 9, 9)], batches=(1, 8))
