@@ -1,0 +1,25 @@
+"""DCD conv_dy (3×3, ResNet bottleneck style) and conv_basic_dy at ResNet shapes; yardstick: the plain 3×3 conv."""
+from __future__ import annotations
+
+from torch import nn
+
+from polyexport.deploy_layers.dcd import to_deploy
+from polyexport.layers.dcd import conv_basic_dy, conv_dy
+from polyexport.testing import randomize_
+
+from . import BenchCase
+
+NOTES = {"decomposed": "dynamic batch, constant weights; static conv ⊙ channel scale + batched dim×dim MatMul, BN1d/BN2d folded"}
+
+
+def cases() -> list[BenchCase]:
+    out = []
+    for c, hw in [(64, 56), (128, 28), (256, 14)]:
+        for name, ref in [("conv_dy", conv_dy(c, c, 3, 1, 1)), ("conv_basic_dy", conv_basic_dy(c, c, 1))]:
+            ref = randomize_(ref)
+            out.append(BenchCase(
+                layer=name, config=f"c{c} k3 s1 dim{ref.dim} @{hw}x{hw}", input_shape=(1, c, hw, hw), reference=ref,
+                forms={"decomposed": to_deploy(ref)}, yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+                notes=dict(NOTES),
+            ))
+    return out
