@@ -10,7 +10,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Sequence
 
