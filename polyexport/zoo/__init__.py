@@ -17,19 +17,29 @@ from ..errors import BadInput
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """A built-in model.
+
+    paper: the paper's own figures, checked by tests/test_zoo.py: {"params_m": M parameters,
+    "gflops": G multiply-adds at input_shape, "source": "where the figures come from"}, and where
+    our count may differ, "params_tol"/"flops_tol" (relative) with "why" saying why.
+    test_shape: a smaller input for the parity tests where the architecture allows one.
+    """
+
     name: str
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...] = (1, 3, 224, 224)
     baseline: str | None = None  # the plain model a paper's model is compared with
-    paper: dict | None = None  # the paper's own figures: {"params_m": ..., "gflops": ...}
+    paper: dict | None = None
+    test_shape: tuple[int, ...] | None = None
 
 
 _ZOO: dict[str, ZooEntry] = {}
 
 
-def register(name: str, input_shape: tuple[int, ...] = (1, 3, 224, 224), baseline: str | None = None, paper: dict | None = None):
+def register(name: str, input_shape: tuple[int, ...] = (1, 3, 224, 224), baseline: str | None = None,
+             paper: dict | None = None, test_shape: tuple[int, ...] | None = None):
     def deco(fn: Callable[[], nn.Module]):
-        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper)
+        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper, test_shape)
         return fn
 
     return deco
