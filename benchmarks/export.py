@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown", help="write the table (and the machine line) here, for benchmarks/update_readme.py")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rows = []
@@ -63,8 +64,12 @@ def main() -> None:
             rows.append([name, tag, f"{secs:.1f} s", str(nodes), lat])
             print(rows[-1], flush=True)
     print()
-    print(md_table(["model", "exporter + simplifier", "export time (incl. simplify, checks)", "nodes", "ONNX Runtime p50 (vs default)"], rows))
-    print(f"\n{machine()}; threads={args.threads}")
+    md = md_table(["model", "exporter + simplifier", "export time (incl. simplify, checks)", "nodes", "ONNX Runtime p50 (vs default)"], rows)
+    md += f"\n\n{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats"
+    print(md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md + "\n")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def main() -> None:
             json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(md + "\n")
+            f.write(md + f"\n\n{machine()}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats\n")
 
 
 if __name__ == "__main__":

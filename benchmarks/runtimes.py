@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2", "resnet50"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown", help="write the table (and the machine line) here, for benchmarks/update_readme.py")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -56,8 +57,11 @@ def main() -> None:
         print(f"{name}: " + ", ".join(f"{k} {stats[k].p50:.2f} ms (CoV {stats[k].cov:.1%})" for k in fns), flush=True)
     header = ["model", "input", *[("PyTorch eager" if k == "torch" else f"{k} (speed-up vs eager)") for k in fns]]
     print()
-    print(md_table(header, rows))
-    print(f"\n{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s")
+    md = md_table(header, rows) + f"\n\n{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
+    print(md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md + "\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": records}, f, indent=1)

@@ -11,9 +11,9 @@ from torch import nn
 
 from ..errors import ExportFailed
 from .simplify import SIMPLIFIERS, simplify
-from .torch_onnx import EXPORTERS, export_with_attribution, flatten_outputs, output_names
+from .torch_onnx import EXPORTERS, export_with_attribution, first_line, flatten_outputs, output_names
 
-__all__ = ["ExportInfo", "export_onnx", "flatten_outputs", "output_names", "EXPORTERS", "SIMPLIFIERS"]
+__all__ = ["ExportInfo", "export_onnx", "first_line", "flatten_outputs", "output_names", "EXPORTERS", "SIMPLIFIERS"]
 
 
 @dataclass
