@@ -198,14 +198,17 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
-                dynamic_batch: bool = False, strict: bool = False) -> list[LayerRecord]:
-    """Replace, in place, every registered (or adaptable) layer by its chosen deploy form."""
+                dynamic_batch: bool = False, strict: bool = False) -> tuple[nn.Module, list[LayerRecord]]:
+    """Replace every registered (or adaptable) layer by its chosen deploy form, in place.
+
+    Returns the model (a new module where the model itself is a known layer) and the records.
+    """
     _load_plugins()
     forms = forms or {}
     records: list[LayerRecord] = []
     skip_below: list[str] = []
     for name, module in list(model.named_modules()):
-        if not name or any(name.startswith(p + ".") for p in skip_below):
+        if any(name.startswith(p + ".") for p in skip_below):
             continue
         ref, via = module, ""
         entry = _LAYERS.get(type(module))
@@ -224,12 +227,16 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             if via:  # keep the user's own module rather than our re-creation of it
                 ref = module
             records.append(LayerRecord(name, type(module).__name__, "reference", "; ".join(x for x in (note, why) if x)))
+            if not name:  # the model is itself the layer, kept whole
+                return model, records
             continue
         with torch.no_grad():
             new = form.build(ref.eval())
-        _set_submodule(model, name, new.eval())
         records.append(LayerRecord(name, type(module).__name__, form.name, note))
-    return records
+        if not name:  # the model is itself the layer
+            return new.eval(), records
+        _set_submodule(model, name, new.eval())
+    return model, records
 
 
 # --- folding into neighbours ----------------------------------------------------------------
@@ -332,7 +339,7 @@ def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] |
     if target is not None and target not in TARGETS:
         raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     deployed = copy.deepcopy(model).eval()
-    records = swap_layers(deployed, target, forms, dynamic_batch, strict)
+    deployed, records = swap_layers(deployed, target, forms, dynamic_batch, strict)
     records += fold_into_next_conv(deployed)
     if fold_bn:
         records += fold_batchnorm(deployed)

@@ -114,3 +114,32 @@ def test_lint_version_rules(tmp_path):
         assert "resize-mode" in rules
         assert ("opset" in rules) == (version == "8.6")  # opset 18 is past 8.6's 17, within 10's 20
     assert cli("check", str(tmp_path / "nope.onnx")) == 2
+
+
+def _lint_layer(module: nn.Module, shape, tmp_path, target: str | None):
+    from polyexport.convert import convert
+
+    model = module.eval() if target is None else convert(module, target=target, dynamic_batch=True)[0]
+    path = str(tmp_path / f"{type(module).__name__}-{target}.onnx")
+    export_onnx(model, (torch.randn(*shape),), path, input_names=["input"], n_outputs=1, dynamic_batch=target is not None)
+    return {(f.severity, f.rule) for v in ("8.6", "10") for f in lint_tensorrt(path, v)}
+
+
+@pytest.mark.parametrize("make", ["dynamic_conv", "drconv"])
+def test_reference_layers_are_flagged_and_tensorrt_forms_pass(make, tmp_path):
+    """The research layers as written give TensorRT computed conv weights; their TensorRT deploy forms do not."""
+    from polyexport.testing import randomize_
+
+    if make == "dynamic_conv":
+        from polyexport.layers.dynamic_conv import Dynamic_conv2d
+
+        layer = randomize_(Dynamic_conv2d(8, 8, 3, padding=1, K=4), seed=1)
+    else:
+        from polyexport.layers.drconv import DRConv2d
+
+        layer = randomize_(DRConv2d(8, 8, 3, region_num=4, padding=1), seed=1)
+    shape = (2, 8, 12, 12)
+    as_written = _lint_layer(layer, shape, tmp_path, None)
+    assert ("warning", "dynamic-conv-weights") in as_written and ("error", "batch-in-group") in as_written
+    deployed = _lint_layer(layer, shape, tmp_path, "tensorrt")
+    assert not {r for s, r in deployed if s == "error"} and ("warning", "dynamic-conv-weights") not in deployed

@@ -136,3 +136,13 @@ def test_every_layer_plugin_imports_and_registers():
         if not callable(entry.prefer):
             for target, order in entry.prefer.items():
                 assert set(order) <= set(entry.forms), f"{ref_type.__name__}: prefer[{target}] names unknown forms"
+
+
+def test_a_bare_research_layer_is_converted_too():
+    """deploy(layer) on the layer itself, not only on a model containing it."""
+    layer = randomize_(Toy(), seed=6)
+    deployed, records = convert(layer)
+    assert isinstance(deployed, nn.Conv2d) and [(r.name, r.form) for r in records] == [("", "static_only")]
+    assert_equivalent(layer, deployed, torch.randn(2, 4, 6, 6))
+    kept, records = convert(layer, forms={"Toy": "reference"})
+    assert isinstance(kept, Toy) and [r.form for r in records] == ["reference"]
