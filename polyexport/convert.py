@@ -148,8 +148,13 @@ def parse_form_overrides(items: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
+#: (module name, reference module, usable exact forms in preference order) -> the same forms, best first.
+#: The pipeline passes one that times the forms on the target runtime (autoform.FormTimer).
+Ranker = Callable[[str, nn.Module, list[Form]], list[Form]]
+
+
 def _choose(entry: LayerEntry, ref: nn.Module, name: str, target: str | None, dynamic_batch: bool,
-            forced: str | None, strict: bool) -> tuple[Form | None, str]:
+            forced: str | None, strict: bool, ranker: Ranker | None = None) -> tuple[Form | None, str]:
     """The form to use for this module, or (None, reason) to keep the reference."""
     label = f"{name} ({type(ref).__name__})"
 
@@ -169,16 +174,33 @@ def _choose(entry: LayerEntry, ref: nn.Module, name: str, target: str | None, dy
             ok = [f.name for f in entry.forms.values() if unusable(f) is None]
             raise BadInput(f"--form {type(ref).__name__}={forced} cannot be used for {label}: {why}; forms that would work: {', '.join(ok) or 'none'}")
         return form, ""
-    reasons = []
+    reasons, usable = [], []
     for form in entry.candidates(target, ref):
         why = unusable(form)
         if why is None:
-            return form, ""
-        reasons.append(f"{form.name}: {why}")
+            usable.append(form)
+        else:
+            reasons.append(f"{form.name}: {why}")
+    if usable:
+        return (ranker(name, ref, usable) if ranker and len(usable) > 1 else usable)[0], ""
     msg = f"no exact deploy form for {label}: " + "; ".join(reasons)
     if strict:
         raise BadInput(msg + " (--strict)")
     return None, msg
+
+
+def is_known_layer(module: nn.Module) -> bool:
+    """A registered layer, or one an adapter recognises."""
+    _load_plugins()
+    if type(module) in _LAYERS:
+        return True
+    for adapter in _ADAPTERS:
+        try:
+            if adapter.matches(module):
+                return True
+        except Exception:  # noqa: BLE001
+            continue
+    return False
 
 
 def _adapt(module: nn.Module) -> tuple[nn.Module, str] | None:
@@ -198,7 +220,7 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
-                dynamic_batch: bool = False, strict: bool = False) -> tuple[nn.Module, list[LayerRecord]]:
+                dynamic_batch: bool = False, strict: bool = False, ranker: Ranker | None = None) -> tuple[nn.Module, list[LayerRecord]]:
     """Replace every registered (or adaptable) layer by its chosen deploy form, in place.
 
     Returns the model (a new module where the model itself is a known layer) and the records.
@@ -221,7 +243,7 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             if entry is None:
                 continue
         skip_below.append(name)
-        form, why = _choose(entry, ref, name, target, dynamic_batch, forms.get(type(ref).__name__), strict)
+        form, why = _choose(entry, ref, name, target, dynamic_batch, forms.get(type(ref).__name__), strict, ranker)
         note = f"recognised by adapter {via}" if via else ""
         if form is None:
             if via:  # keep the user's own module rather than our re-creation of it
@@ -252,7 +274,10 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, nn.Identity):  # traced through: what one fold leaves must not hide the next pair
             return False
-        return hasattr(m, "fuse_bn") or hasattr(m, "fuse_next_conv") or super().is_leaf_module(m, qualname)
+        # a research layer kept as reference is never traced into: symbolic tracing takes its Python
+        # branches one way (e.g. OctConv's `type(x) is tuple`), which would fold a BN into one branch only
+        return (hasattr(m, "fuse_bn") or hasattr(m, "fuse_next_conv") or is_known_layer(m)
+                or super().is_leaf_module(m, qualname))
 
 
 def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
@@ -334,12 +359,13 @@ def fold_into_next_conv(model: nn.Module) -> list[LayerRecord]:
 
 
 def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
-            dynamic_batch: bool = False, strict: bool = False, fold_bn: bool = True) -> tuple[nn.Module, list[LayerRecord]]:
+            dynamic_batch: bool = False, strict: bool = False, fold_bn: bool = True,
+            ranker: Ranker | None = None) -> tuple[nn.Module, list[LayerRecord]]:
     """A converted deep copy of `model` (in eval mode) and what was done to each layer."""
     if target is not None and target not in TARGETS:
         raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     deployed = copy.deepcopy(model).eval()
-    deployed, records = swap_layers(deployed, target, forms, dynamic_batch, strict)
+    deployed, records = swap_layers(deployed, target, forms, dynamic_batch, strict, ranker)
     records += fold_into_next_conv(deployed)
     if fold_bn:
         records += fold_batchnorm(deployed)

@@ -45,8 +45,8 @@ class OpenVinoRunner(Runner):
             raise RuntimeMissing("openvino", None, f"device {device} not found; OpenVINO sees {core.available_devices}")
         model = ov.convert_model(onnx_path)
         artifacts = {}
-        if self.save_ir:
-            xml = os.path.join(workdir, "model.xml")
+        if self.save_ir:  # named after the ONNX file: several models may share a folder (an IR may be memory-mapped)
+            xml = os.path.join(workdir, os.path.splitext(os.path.basename(onnx_path))[0] + ".xml")
             ov.save_model(model, xml, compress_to_fp16=False)
             artifacts = {"openvino_xml": xml, "openvino_bin": xml[:-4] + ".bin"}
             model = core.read_model(xml)
