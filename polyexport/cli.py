@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"tolerance relative to the output's max |value| (default {DEFAULT_RTOL:g})")
     p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
-    p.add_argument("--form", action="append", metavar="LAYER=FORM", help="force a deploy form for a layer type, e.g. PSConv2d=regrouped (or =reference)")
+    p.add_argument("--form", action="append", metavar="LAYER=FORM", help="auto (time each exact form on the target runtime: the default for onnxruntime/openvino), "
+                   "preferred (the registered, measured order), or force a form for a layer type, e.g. PSConv2d=regrouped (or =reference); repeatable")
     p.add_argument("--strict", action="store_true", help="fail when a known layer has no exact deploy form instead of keeping it as is")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full module (runs code from the file)")
     p.add_argument("--arch", metavar="SPEC", help="package.module:callable (or zoo:NAME) building the model a state_dict belongs to")
@@ -129,7 +130,8 @@ def run(argv: list[str] | None = None) -> int:
             batch_range = ()
         if len(batch_range) != 3 or not 0 < batch_range[0] <= batch_range[1] <= batch_range[2]:
             raise BadInput(f"--batch-range '{args.batch_range}': expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, e.g. 1,4,16")
-    forms = parse_form_overrides(args.form)
+    choice = [f for f in args.form or [] if f in ("auto", "preferred")]
+    forms = parse_form_overrides([f for f in args.form or [] if f not in ("auto", "preferred")])
     check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)  # exit 3 before any work
     with _step(f"load {args.model}"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,7 +155,8 @@ def run(argv: list[str] | None = None) -> int:
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
                     force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle,
-                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain)
+                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain,
+                    form_choice=choice[-1] if choice else None)
     _print_summary(report)
     if not report.passed:
         first, *later = report.failed_runtimes()

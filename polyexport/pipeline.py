@@ -56,6 +56,8 @@ class ExportOptions:
     batch_range: tuple[int, int, int] | None = None  # TensorRT profile (min, opt, max) with a dynamic batch
     workspace_mb: int = 1024
     explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
+    form_choice: str | None = None  # "auto": time each exact form on the target runtime; "preferred": the registered order.
+    #                                  None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
 
 
 def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
@@ -111,6 +113,21 @@ def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[Input
     if not outs:
         raise BadInput("the model returned no tensors: nothing to export")
     return [t.float().numpy() for t in outs]
+
+
+def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions):
+    """The ranker that times forms on the target runtime, when the choice is automatic (see autoform.py)."""
+    choice = opts.form_choice or ("auto" if opts.target in ("onnxruntime", "openvino") else "preferred")
+    if choice not in ("auto", "preferred"):
+        raise BadInput(f"form choice '{choice}': use auto or preferred")
+    if choice == "preferred" or opts.target not in ("onnxruntime", "openvino"):
+        return None
+    from .autoform import FormTimer, capture_layer_inputs
+
+    inputs = capture_layer_inputs(model, to_torch(arrays))
+    if not inputs:
+        return None
+    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs)
 
 
 def _graph_parity(stage: str, path: str, parity_sets, refs, names, opts: ExportOptions):
@@ -199,9 +216,12 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     try:
         exported, records = model, []
         if opts.deploy:
-            with step("deploy: swap layers, fold BatchNorm"):
-                exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict)
+            ranker = _form_timer(model, parity_sets[0][1], opts)
+            label = f"deploy: time each exact form on {opts.target}, swap layers, fold BatchNorm" if ranker else "deploy: swap layers, fold BatchNorm"
+            with step(label):
+                exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
             report.layers = [r.as_dict() for r in records]
+            report.form_choices = ranker.choices if ranker else []
             check = ParityCheck("torch-deployed", opts.atol, opts.rtol)
             for label, arrays in parity_sets:
                 check.add(label, refs[label], _run_reference(exported, arrays, specs))

@@ -19,6 +19,7 @@ class Report:
     export: dict = field(default_factory=dict)
     deploy: bool = True
     notes: list[str] = field(default_factory=list)
+    form_choices: list[dict] = field(default_factory=list)  # per layer: each form's measured latency and the choice
     first_failing_stage: str | None = None  # the first rung of the ladder that failed
     explain: dict | None = None  # the first diverging module at that stage (explain.py)
 
@@ -35,7 +36,7 @@ class Report:
             "layers": self.layers, "parity": self.parity, "latency_ms": self.latency_ms,
             "artifacts": self.artifacts, "versions": self.versions, "runtimes": self.runtimes,
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
-            "first_failing_stage": self.first_failing_stage, "explain": self.explain,
+            "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
         }
 
     def to_json(self) -> str:
@@ -87,6 +88,12 @@ class Report:
         if swapped:
             lines += ["| module | type | form | note |", "|---|---|---|---|"]
             lines += [f"| `{l['name']}` | {l['type']} | {l['form']} | {l.get('note', '')} |" for l in swapped]
+            lines.append("")
+        if self.form_choices:
+            lines += ["## Form choices (timed on the target runtime)", "", "| module | type | input | form latency (ms) | chosen | cached |", "|---|---|---|---|---|---|"]
+            for c in self.form_choices:
+                times = ", ".join(f"{k} {v:.3f}" if v is not None and v != float("inf") else f"{k} fails" for k, v in c["timings_ms"].items())
+                lines.append(f"| `{c['name']}` | {c['type']} | {'×'.join(map(str, c['input'][0]))} | {times} | **{c['chosen']}** | {'yes' if c['cached'] else 'no'} |")
             lines.append("")
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]
         if self.notes:

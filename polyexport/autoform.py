@@ -1,0 +1,143 @@
+"""Pick the fastest exact deploy form per layer, by timing each on the target runtime.
+
+Several forms are exact; which is fastest depends on the runtime, its version, the device, the
+thread count and the layer's shape (measured: MixConv's split form is 5× slower than its single
+form in ONNX Runtime at 22-channel splits and on par in OpenVINO). So for each converted layer the
+usable exact forms are exported as single-layer graphs at the layer's real input (captured in one
+forward pass of the model), timed in turns on the runtime, and the fastest chosen. Timings are
+cached in a JSON file keyed by (runtime, version, device, threads, layer signature), so a second
+export of the same model, or of another with the same layer shapes, is instant.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from .bench import interleaved
+from .convert import Form, is_known_layer
+from .export import export_onnx, flatten_outputs
+from .runtimes import RunnerOptions, make_runner
+
+CACHE_ENV = "POLYEXPORT_CACHE"
+
+
+def default_cache_path() -> str:
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "polyexport", "forms.json")
+
+
+def capture_layer_inputs(model: nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The tensors each known layer receives (first call), by module name, from one forward pass."""
+    seen: dict[str, tuple[torch.Tensor, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if is_known_layer(module):
+            def pre(m, a, name=name):
+                if name not in seen and a and all(isinstance(t, torch.Tensor) for t in a):
+                    seen[name] = tuple(t.detach().clone() for t in a)
+            hooks.append(module.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def signature(ref: nn.Module, args: tuple[torch.Tensor, ...]) -> str:
+    """What determines a form's speed: the layer's type, configuration, parameter shapes and input shapes."""
+    parts = [type(ref).__name__, ref.extra_repr(), repr(sorted((n, tuple(p.shape)) for n, p in ref.named_parameters())),
+             repr([tuple(a.shape) for a in args]), repr([(n, m.extra_repr()) for n, m in ref.named_modules() if n])]
+    return type(ref).__name__ + ":" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class FormTimer:
+    """A converter ranker (convert.Ranker) that times forms on one runtime."""
+
+    def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
+                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05):
+        self.runtime, self.options, self.inputs = runtime, options, inputs
+        self.cache_path = cache_path or default_cache_path()
+        self.repeats, self.min_time_s = repeats, min_time_s
+        self.context = f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}"
+        self.cache = self._load()
+        self.choices: list[dict] = []
+
+    def _load(self) -> dict:
+        try:
+            with open(self.cache_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+        tmp = self.cache_path + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.cache, f, indent=1)
+        os.replace(tmp, self.cache_path)
+
+    def __call__(self, name: str, ref: nn.Module, forms: list[Form]) -> list[Form]:
+        args = self.inputs.get(name)
+        if args is None:  # not reached in the sample forward: keep the measured preference order
+            return forms
+        key = f"{self.context}|{signature(ref, args)}"
+        timings: dict[str, float] = dict(self.cache.get(key, {}))
+        missing = [f for f in forms if f.name not in timings]
+        cached = not missing
+        if missing:
+            t0 = time.perf_counter()
+            timings.update(self._time(ref, args, missing))
+            self.cache[key] = timings
+            self._save()
+            spent = time.perf_counter() - t0
+        else:
+            spent = 0.0
+        ranked = sorted(forms, key=lambda f: timings.get(f.name, float("inf")))
+        self.choices.append({"name": name, "type": type(ref).__name__, "runtime": self.runtime, "input": [list(a.shape) for a in args],
+                             "timings_ms": {f.name: timings.get(f.name) for f in forms}, "chosen": ranked[0].name,
+                             "cached": cached, "seconds": round(spent, 2)})
+        return ranked
+
+    def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form]) -> dict[str, float]:
+        names = [f"input_{i}" for i in range(len(args))]
+        feeds = {n: a.numpy() for n, a in zip(names, args)}
+        fns, out, runners = {}, {}, []
+        with tempfile.TemporaryDirectory() as tmp:
+            for form in forms:
+                try:
+                    with torch.no_grad():
+                        module = form.build(ref).eval()
+                        n_out = len(flatten_outputs(module(*args)))
+                    path = os.path.join(tmp, f"{form.name}.onnx")
+                    export_onnx(module, args, path, input_names=names, n_outputs=n_out, simplifier="onnxsim")
+                    runner = make_runner(self.runtime, self.options)
+                    runner.load(path, tmp)
+                    runners.append(runner)
+                    fns[form.name] = (lambda r: lambda: r.run(feeds))(runner)
+                except Exception:  # noqa: BLE001 - a form this runtime cannot run is never the fastest
+                    out[form.name] = float("inf")
+            if fns:
+                stats = interleaved(fns, repeats=self.repeats, warmup=2, warmup_s=0.02, min_iters=5, min_time_s=self.min_time_s)
+                out.update({k: s.p50 for k, s in stats.items()})
+            for r in runners:
+                r.close()
+        return out
+
+
+def _version(runtime: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(runtime)
+    except md.PackageNotFoundError:
+        return "?"

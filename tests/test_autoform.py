@@ -1,0 +1,63 @@
+"""Automatic form choice: each exact form timed on the target runtime, the fastest chosen, cached, reported."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from polyexport.autoform import FormTimer, capture_layer_inputs
+from polyexport.cli import main
+from polyexport.convert import convert
+from polyexport.layers.mixconv import MixedConv2d
+from polyexport.runtimes import RunnerOptions
+from polyexport.testing import assert_equivalent, randomize_
+from polyexport.zoo import register
+
+
+@register("test_mixconv_net", input_shape=(1, 16, 20, 20))
+def mixconv_net() -> nn.Module:
+    return randomize_(nn.Sequential(MixedConv2d(16, 16, [3, 5, 7], depthwise=True), nn.BatchNorm2d(16), nn.ReLU(),
+                                    MixedConv2d(16, 16, [3, 5], depthwise=True), nn.BatchNorm2d(16)), seed=4)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_timer_picks_the_measured_fastest_and_caches(runtime, tmp_path):
+    pytest.importorskip(runtime)
+    model = mixconv_net()
+    x = (torch.randn(1, 16, 20, 20),)
+    inputs = capture_layer_inputs(model, x)
+    assert set(inputs) == {"0", "3"} and inputs["0"][0].shape == (1, 16, 20, 20)
+    cache = str(tmp_path / "forms.json")
+    timer = FormTimer(runtime, RunnerOptions(threads=1), inputs, cache_path=cache, repeats=1)
+    deployed, records = convert(model, target=runtime, ranker=timer)
+    assert_equivalent(model, deployed, *x)
+    for choice, record in zip(timer.choices, [r for r in records if r.form not in ("folded",)]):
+        finite = {k: v for k, v in choice["timings_ms"].items() if v is not None and v != float("inf")}
+        assert len(finite) >= 2 and choice["chosen"] == min(finite, key=finite.get) == record.form
+        assert not choice["cached"]
+    again = FormTimer(runtime, RunnerOptions(threads=1), inputs, cache_path=cache, repeats=1)
+    convert(model, target=runtime, ranker=again)
+    assert all(c["cached"] and c["seconds"] == 0.0 for c in again.choices)
+    assert [c["chosen"] for c in again.choices] == [c["chosen"] for c in timer.choices]
+    assert all(runtime in key for key in json.load(open(cache)))
+
+
+def test_cli_reports_every_choice_and_honours_forced_forms(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
+    out = str(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:
+        main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--no-bench", "--threads", "1"])
+    assert e.value.code == 0
+    r = json.load(open(os.path.join(out, "report.json")))
+    assert [c["name"] for c in r["form_choices"]] == ["0", "3"]
+    assert "Form choices" in open(os.path.join(out, "report.md")).read()
+    with pytest.raises(SystemExit) as e:
+        main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--force", "--no-bench", "--form", "MixedConv2d=split"])
+    r = json.load(open(os.path.join(out, "report.json")))
+    assert e.value.code == 0 and r["form_choices"] == [] and [l["form"] for l in r["layers"] if l["type"] == "MixedConv2d"] == ["split", "split"]
+    with pytest.raises(SystemExit):
+        main(["zoo:test_mixconv_net", "--target", "onnxruntime", "--out", out, "--force", "--no-bench", "--form", "preferred"])
+    assert json.load(open(os.path.join(out, "report.json")))["form_choices"] == []
