@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="SPEC", help="package.module:callable (or zoo:NAME) building the model a state_dict belongs to")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="import MODULE first (so pickled classes resolve); repeatable")
     p.add_argument("--threads", type=int, help="threads for every runtime and PyTorch (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (ONNX Runtime's CUDA provider)")
+    p.add_argument("--device", default="cpu", help="cpu (default); with onnxruntime-gpu: cuda or tensorrt (ONNX Runtime's CUDA/TensorRT providers)")
     p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="measure latency (default on)")
     p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
@@ -228,7 +228,33 @@ def check_main(argv: list[str]) -> int:
     return 1 if errors else 0
 
 
-SUBCOMMANDS = {"verify": verify_main, "check": check_main}
+def layers_main(argv: list[str]) -> int:
+    """`polyexport layers [--markdown]`: every known layer, its exact deploy forms and what each gives."""
+    p = _Parser(prog="polyexport layers", description="List the research layers polyexport converts and their deploy forms.")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table (the README's is generated this way)")
+    args = p.parse_args(argv)
+    from .convert import plugin_errors, registered_layers
+
+    rows = []
+    for ref_type, entry in sorted(registered_layers().items(), key=lambda kv: (kv[0].__module__, kv[0].__name__)):
+        order = entry.prefer(None, None) if callable(entry.prefer) else (entry.prefer.get("*") or list(entry.forms))
+        for name, form in entry.forms.items():
+            rows.append((ref_type.__module__.rsplit(".", 1)[-1], ref_type.__name__, name, "yes" if form.dynamic_batch else "**no**",
+                         "yes" if form.constant_weights else "**no**", str(order.index(name) + 1) if name in order else "-", form.note))
+    if args.markdown:
+        print("| paper file | layer | form | dynamic batch | constant conv weights (TensorRT-safe) | default rank | what it is |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    else:
+        for r in rows:
+            console.print(f"{r[1]:20s} {r[2]:20s} dynamic batch: {r[3]:6s} constant weights: {r[4]:6s} {escape(r[6])}", soft_wrap=True)
+    for name, err in plugin_errors().items():
+        err_console.print(f"[red]plugin {name} failed to import:[/] {escape(err)}")
+    return 0
+
+
+SUBCOMMANDS = {"verify": verify_main, "check": check_main, "layers": layers_main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -158,3 +158,24 @@ def test_console_script_and_pickle_from_cwd(tmp_path):
     assert "saved in training mode" in done.stdout
     elsewhere = subprocess.run([*cmd[:3], str(proj / "model.pt"), *cmd[4:-1], str(tmp_path / "o2")], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert elsewhere.returncode == 2 and "not importable here" in elsewhere.stderr
+
+
+def test_layers_lists_every_registered_form(capsys):
+    from polyexport.convert import registered_layers
+
+    with pytest.raises(SystemExit) as e:
+        main(["layers", "--markdown"])
+    assert e.value.code == 0
+    table = capsys.readouterr().out
+    for ref_type, entry in registered_layers().items():
+        for form in entry.forms:
+            assert f"| {ref_type.__name__} | {form} |" in table
+
+
+def test_gpu_device_without_gpu_provider_exit_3(out, capsys):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    assert cli("usernets:build", "--device", "cuda", "--out", out, *FAST) == 3
+    assert "CUDAExecutionProvider" in capsys.readouterr().err and not os.path.exists(out)

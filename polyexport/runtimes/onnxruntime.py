@@ -1,4 +1,7 @@
-"""ONNX Runtime: CPU execution provider, CUDA where installed and asked for; full graph optimisation."""
+"""ONNX Runtime: CPU execution provider; CUDA (`--device cuda`, TF32 off for fp32 parity) or TensorRT
+(`--device tensorrt`, engine and timing caches beside the artifacts) where onnxruntime-gpu has them.
+Full graph optimisation unless asked otherwise (the parity ladder runs it with optimisations off).
+The GPU providers have not been run on the machines polyexport is developed on (no GPU there)."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +27,14 @@ class OnnxRuntimeRunner(Runner):
         self.optimize = optimize
         self.session = None
 
-    def _providers(self) -> list:
+    def _providers(self, workdir: str) -> list:
         available = self.ort.get_available_providers()
+        if self.options.device == "tensorrt":
+            if "TensorrtExecutionProvider" not in available:
+                raise RuntimeMissing("onnxruntime", None, "this onnxruntime has no TensorrtExecutionProvider; install onnxruntime-gpu and TensorRT")
+            trt = {"trt_fp16_enable": self.options.fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": workdir,
+                   "trt_timing_cache_enable": True, "trt_timing_cache_path": workdir}
+            return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
         if self.options.device == "cuda":
             if "CUDAExecutionProvider" not in available:
                 raise RuntimeMissing("onnxruntime", None, "this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu")
@@ -44,7 +53,7 @@ class OnnxRuntimeRunner(Runner):
             self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize else self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         so.log_severity_level = 3
-        self.session = self.ort.InferenceSession(onnx_path, sess_options=so, providers=self._providers())
+        self.session = self.ort.InferenceSession(onnx_path, sess_options=so, providers=self._providers(workdir))
         return {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
