@@ -24,7 +24,6 @@ from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.export import export_onnx  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
-from polyexport.testing import randomize_  # noqa: E402
 
 VARIANTS = [("torchscript", "onnxsim"), ("torchscript", "onnxslim"), ("torchscript", "none"), ("dynamo", "onnxsim"), ("dynamo", "none")]
 
@@ -39,7 +38,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         entry = zoo.get(name)
-        model = deploy(randomize_(entry.build()))
+        model = deploy(zoo.instantiate(name))
         x = torch.randn(*entry.input_shape)
         fns, info = {}, {}
         with tempfile.TemporaryDirectory() as tmp:

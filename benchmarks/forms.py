@@ -27,7 +27,6 @@ from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.convert import convert, registered_layers  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
-from polyexport.testing import randomize_  # noqa: E402
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, torch.nn.Module]:
@@ -61,7 +60,7 @@ def main() -> None:
         cache = os.path.join(tmp, "forms.json")
         for name in names:
             entry = zoo.get(name)
-            model = randomize_(entry.build(), seed=0)
+            model = zoo.instantiate(name, seed=0)
             x = torch.randn(*entry.input_shape)
             for rt in runtimes_here(None):
                 fns = {}

@@ -30,7 +30,6 @@ from polyexport.export import export_onnx, first_line  # noqa: E402  (first_line
 from polyexport.parity import compare  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
-from polyexport.testing import randomize_  # noqa: E402
 
 
 def export_variant(model: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
@@ -54,10 +53,9 @@ def static_fallback(model, x, path) -> str | None:
 def bench_pair(name: str, args, tmp: str) -> list[dict]:
     """Rows for one paper model (variants as-is / deploy) and its baseline (deploy)."""
     entry = zoo.get(name)
-    base_entry = zoo.get(entry.baseline)
     shape = entry.input_shape
-    model = randomize_(entry.build(), seed=0)
-    baseline = randomize_(base_entry.build(), seed=0)
+    model = zoo.instantiate(name, seed=0)
+    baseline = zoo.instantiate(entry.baseline, seed=0)
     x1 = torch.randn(1, *shape[1:])
     variants = {"as-is": model, "deploy": deploy(model), "baseline": deploy(baseline)}
     info = {}

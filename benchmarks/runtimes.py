@@ -23,7 +23,6 @@ from common import load_runner, machine, md_table, runtimes_here  # noqa: E402
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
-from polyexport.testing import randomize_  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +39,7 @@ def main() -> None:
     t0 = time.time()
     for name in args.models:
         entry = zoo.get(name)
-        model = randomize_(entry.build())
+        model = zoo.instantiate(name)
         x = torch.randn(args.batch, *entry.input_shape[1:])
         deployed = deploy(model)
         fns = {"torch": (lambda m: lambda: m(x))(model)}

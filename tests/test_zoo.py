@@ -8,7 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import polyexport
 from polyexport import zoo
 from polyexport.convert import registered_layers
-from polyexport.testing import randomize_
 
 #: default allowed relative difference to the paper's figures: parameters must match closely (same
 #: architecture); FLOPs conventions differ (papers count multiply-adds, often without the classifier,
@@ -38,7 +37,7 @@ def test_matches_paper(name):
 def test_deploys_with_dynamic_batch_parity(name, tmp_path):
     """Every known layer is swapped for a deploy form, and one dynamic-batch graph holds parity on each runtime."""
     entry = zoo.get(name)
-    model = randomize_(entry.build(), seed=1)
+    model = zoo.instantiate(name, seed=1)
     shape = entry.test_shape or entry.input_shape
     report = polyexport.export(model, [torch.randn(*shape)], target="openvino", out=str(tmp_path / "o"), bench=False,
                                dynamic_batch=True, extra_runtimes=["onnxruntime"], parity_seeds=1,

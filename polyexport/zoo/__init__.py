@@ -23,6 +23,9 @@ class ZooEntry:
     "gflops": G multiply-adds at input_shape, "source": "where the figures come from"}, and where
     our count may differ, "params_tol"/"flops_tol" (relative) with "why" saying why.
     test_shape: a smaller input for the parity tests where the architecture allows one.
+    randomize: how to give the model realistic random weights (default polyexport.testing.randomize_):
+    a model whose random init is numerically chaotic in fp32 (no export could hold parity with it)
+    scales what training keeps small.
     """
 
     name: str
@@ -31,18 +34,28 @@ class ZooEntry:
     baseline: str | None = None  # the plain model a paper's model is compared with
     paper: dict | None = None
     test_shape: tuple[int, ...] | None = None
+    randomize: Callable[[nn.Module, int], nn.Module] | None = None
 
 
 _ZOO: dict[str, ZooEntry] = {}
 
 
 def register(name: str, input_shape: tuple[int, ...] = (1, 3, 224, 224), baseline: str | None = None,
-             paper: dict | None = None, test_shape: tuple[int, ...] | None = None):
+             paper: dict | None = None, test_shape: tuple[int, ...] | None = None,
+             randomize: Callable[[nn.Module, int], nn.Module] | None = None):
     def deco(fn: Callable[[], nn.Module]):
-        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper, test_shape)
+        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper, test_shape, randomize)
         return fn
 
     return deco
+
+
+def instantiate(name: str, seed: int = 0) -> nn.Module:
+    """The zoo model with seeded random weights and random BN statistics, in eval mode (tests, benchmarks)."""
+    from ..testing import randomize_
+
+    entry = get(name)
+    return (entry.randomize or randomize_)(entry.build(), seed).eval()
 
 
 def _load_all() -> None:
