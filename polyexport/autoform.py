@@ -22,6 +22,7 @@ from torch import nn
 from .bench import interleaved
 from .convert import Form, is_known_layer
 from .export import export_onnx, flatten_outputs
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
 from .runtimes import RunnerOptions, make_runner
 
 CACHE_ENV = "POLYEXPORT_CACHE"
@@ -104,27 +105,33 @@ class FormTimer:
             spent = 0.0
         ranked = sorted(forms, key=lambda f: timings.get(f.name, float("inf")))
         self.choices.append({"name": name, "type": type(ref).__name__, "runtime": self.runtime, "input": [list(a.shape) for a in args],
-                             "timings_ms": {f.name: timings.get(f.name) for f in forms}, "chosen": ranked[0].name,
+                             "timings_ms": {f.name: _finite(timings.get(f.name)) for f in forms}, "chosen": ranked[0].name,
                              "cached": cached, "seconds": round(spent, 2)})
         return ranked
 
     def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form]) -> dict[str, float]:
+        """Each form's latency; inf for a form that fails to export, to run, or to match the reference
+        layer on this runtime at this input (so a form that is wrong here is never chosen)."""
         names = [f"input_{i}" for i in range(len(args))]
         feeds = {n: a.numpy() for n, a in zip(names, args)}
+        with torch.no_grad():
+            want = [t.numpy() for t in flatten_outputs(ref(*args))]
         fns, out, runners = {}, {}, []
         with tempfile.TemporaryDirectory() as tmp:
             for form in forms:
                 try:
                     with torch.no_grad():
                         module = form.build(ref).eval()
-                        n_out = len(flatten_outputs(module(*args)))
                     path = os.path.join(tmp, f"{form.name}.onnx")
-                    export_onnx(module, args, path, input_names=names, n_outputs=n_out, simplifier="onnxsim")
+                    export_onnx(module, args, path, input_names=names, n_outputs=len(want), simplifier="onnxsim")
                     runner = make_runner(self.runtime, self.options)
                     runner.load(path, tmp)
                     runners.append(runner)
+                    got = runner.run(feeds)
+                    if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
+                        raise ValueError("does not match the reference layer on this runtime")
                     fns[form.name] = (lambda r: lambda: r.run(feeds))(runner)
-                except Exception:  # noqa: BLE001 - a form this runtime cannot run is never the fastest
+                except Exception:  # noqa: BLE001 - a form that fails here is never the fastest
                     out[form.name] = float("inf")
             if fns:
                 stats = interleaved(fns, repeats=self.repeats, warmup=2, warmup_s=0.02, min_iters=5, min_time_s=self.min_time_s)
@@ -132,6 +139,11 @@ class FormTimer:
             for r in runners:
                 r.close()
         return out
+
+
+def _finite(ms: float | None) -> float | None:
+    """None (JSON null) for a form that failed here: report.json stays strict JSON."""
+    return None if ms is None or ms == float("inf") else ms
 
 
 def _version(runtime: str) -> str:

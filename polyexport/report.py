@@ -92,7 +92,7 @@ class Report:
         if self.form_choices:
             lines += ["## Form choices (timed on the target runtime)", "", "| module | type | input | form latency (ms) | chosen | cached |", "|---|---|---|---|---|---|"]
             for c in self.form_choices:
-                times = ", ".join(f"{k} {v:.3f}" if v is not None and v != float("inf") else f"{k} fails" for k, v in c["timings_ms"].items())
+                times = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} rejected (fails or differs here)" for k, v in c["timings_ms"].items())
                 lines.append(f"| `{c['name']}` | {c['type']} | {'×'.join(map(str, c['input'][0]))} | {times} | **{c['chosen']}** | {'yes' if c['cached'] else 'no'} |")
             lines.append("")
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]

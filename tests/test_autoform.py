@@ -35,7 +35,7 @@ def test_timer_picks_the_measured_fastest_and_caches(runtime, tmp_path):
     deployed, records = convert(model, target=runtime, ranker=timer)
     assert_equivalent(model, deployed, *x)
     for choice, record in zip(timer.choices, [r for r in records if r.form not in ("folded",)]):
-        finite = {k: v for k, v in choice["timings_ms"].items() if v is not None and v != float("inf")}
+        finite = {k: v for k, v in choice["timings_ms"].items() if v is not None}
         assert len(finite) >= 2 and choice["chosen"] == min(finite, key=finite.get) == record.form
         assert not choice["cached"]
     again = FormTimer(runtime, RunnerOptions(threads=1), inputs, cache_path=cache, repeats=1)
@@ -61,3 +61,16 @@ def test_cli_reports_every_choice_and_honours_forced_forms(tmp_path, monkeypatch
     with pytest.raises(SystemExit):
         main(["zoo:test_mixconv_net", "--target", "onnxruntime", "--out", out, "--force", "--no-bench", "--form", "preferred"])
     assert json.load(open(os.path.join(out, "report.json")))["form_choices"] == []
+
+
+def test_a_form_wrong_on_the_runtime_is_never_chosen(tmp_path):
+    """Every candidate's single-layer graph is checked against the reference layer before it may win."""
+    from tests.test_explain import Scaled3x3  # registers exact, planted_torch and planted_onnx forms
+
+    model = randomize_(nn.Sequential(Scaled3x3(8, 8)), seed=2)
+    inputs = capture_layer_inputs(model, (torch.randn(1, 8, 6, 6),))
+    timer = FormTimer("onnxruntime", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "c.json"), repeats=1)
+    _, records = convert(model, target="onnxruntime", ranker=timer)
+    timings = timer.choices[0]["timings_ms"]
+    assert timings["planted_torch"] is None and timings["planted_onnx"] is None and timings["exact"] > 0
+    assert records[0].form == "exact"
