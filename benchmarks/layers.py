@@ -75,6 +75,37 @@ def to_markdown(rows: list[dict]) -> str:
     return md_table(["layer", "shape", "module", "FLOPs vs conv", *[f"{rt} latency vs conv" for rt in rts], "notes"], body)
 
 
+#: issue 3 (static layers) and issue 4 (input-dependent kernels): the fastest form's latency must be
+#: within this factor of (plain conv latency × the layer's FLOPs ratio to the plain conv)
+BOUND_STATIC, BOUND_DYNAMIC = 1.25, 1.3
+DYNAMIC = {"Dynamic_conv2d", "CondConv2d", "conv_dy", "conv_basic_dy", "DYModule", "DRConv2d"}
+
+
+def criteria(rows: list[dict]) -> str:
+    """Per layer, shape and runtime: the fastest deploy form against the plain conv, scaled by FLOPs."""
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["layer"], r["config"], r["runtime"]), {})[r["module"]] = r
+    body = []
+    for (layer, config, rt), mods in keyed.items():
+        forms = {k: v for k, v in mods.items() if k.startswith("form:") and "ratio" in v}
+        ref = mods.get("reference")
+        if not forms or ref is None:
+            continue
+        best = min(forms, key=lambda k: forms[k]["ratio"])
+        flops = ref["flops_ratio"]
+        bound = BOUND_DYNAMIC if layer in DYNAMIC else BOUND_STATIC
+        as_is = f"{ref['ratio']:.2f}×" if "ratio" in ref else "fails to export"
+        if flops == 0:  # pure data movement (space_to_depth alone): the FLOPs-scaled bound does not apply
+            verdict = ["n/a (no FLOPs)", "", "n/a"]
+        else:
+            overhead = forms[best]["ratio"] / flops
+            verdict = [f"{overhead:.2f}", f"{bound}", "yes" if overhead <= bound else "**no**"]
+        body.append([layer, config, rt, best.removeprefix("form:"), f"{forms[best]['ratio']:.2f}×", as_is, f"{flops:.2f}×", *verdict])
+    return md_table(["layer", "shape", "runtime", "fastest form", "its latency vs conv", "reference export vs conv",
+                     "layer FLOPs vs conv", "latency / FLOPs ratio", "bound", "within"], body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="layer case files to run (e.g. psconv mixconv)")
@@ -85,14 +116,21 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--json", help="write the rows here (benchmarks/results/layers.json)")
     ap.add_argument("--markdown", help="write the table here")
+    ap.add_argument("--from-json", help="render the tables from an earlier --json instead of measuring")
     args = ap.parse_args()
     t0 = time.time()
-    rows = run(args)
-    md = to_markdown(rows)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        rows, args.threads = saved["rows"], saved["threads"]
+    else:
+        rows = run(args)
+    md = "#### How close the fastest exact form gets (the issues' criterion)\n\n" + criteria(rows)
+    md += "\n\n#### Every module measured\n\n" + to_markdown(rows)
     print()
     print(md)
     print(f"\n{machine()}; threads={args.threads}; {time.time() - t0:.0f} s")
-    if args.json:
+    if args.json and not args.from_json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": rows}, f, indent=1)
     if args.markdown:

@@ -2,8 +2,9 @@
 
 For every paper model in the zoo (an entry with a `baseline`) and its plain baseline:
 PyTorch eager; ONNX Runtime and OpenVINO on (a) the model exported as it is (`--no-deploy`: a
-failure is recorded with its reason — that is a result too), (b) the model after polyexport's
-deploy; the baseline exported the same way. One dynamic-batch graph per variant, timed at each
+failure is recorded with its reason — that is a result too), (b) the model as
+`polyexport MODEL --target RT --dynamic-batch` deploys it (dynamic-batch forms, each chosen by timing
+on RT); the baseline exported the same way. One dynamic-batch graph per variant, timed at each
 batch (default 1 and 8) in turns (interleaved repeats, medians), the same threads everywhere.
 
     python benchmarks/models.py --json benchmarks/results/models.json --plot benchmarks/results/models.png
@@ -24,7 +25,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import flops, machine, md_table, runtimes_here  # noqa: E402
 
-from polyexport import deploy, zoo  # noqa: E402
+from polyexport import zoo  # noqa: E402
+from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
+from polyexport.convert import convert  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.export import export_onnx, first_line  # noqa: E402  (first_line: one-line reason)
 from polyexport.parity import compare  # noqa: E402
@@ -50,17 +53,34 @@ def static_fallback(model, x, path) -> str | None:
         return None
 
 
+def deploy_for(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> torch.nn.Module:
+    """What `polyexport MODEL --target RT --dynamic-batch` deploys: dynamic-batch forms, each chosen by timing on RT."""
+    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache)
+    return convert(model, target=rt, dynamic_batch=True, ranker=timer)[0]
+
+
 def bench_pair(name: str, args, tmp: str) -> list[dict]:
-    """Rows for one paper model (variants as-is / deploy) and its baseline (deploy)."""
+    """Rows for one paper model (exported as is, and deployed per runtime) and its baseline (deployed)."""
     entry = zoo.get(name)
     shape = entry.input_shape
     model = zoo.instantiate(name, seed=0)
     baseline = zoo.instantiate(entry.baseline, seed=0)
     x1 = torch.randn(1, *shape[1:])
-    variants = {"as-is": model, "deploy": deploy(model), "baseline": deploy(baseline)}
-    info = {}
-    for tag, m in variants.items():
-        info[tag] = export_variant(m, x1, os.path.join(tmp, f"{name}-{tag}.onnx"))
+    rts = runtimes_here(args.runtimes)
+    cache = os.path.join(tmp, "forms.json")
+    t0 = time.perf_counter()
+    graphs = {("as-is", rt): model for rt in rts}
+    graphs.update({("deploy", rt): deploy_for(model, x1, rt, args.threads, cache) for rt in rts})
+    choose_s = time.perf_counter() - t0
+    graphs.update({("baseline", rt): convert(baseline, target=rt, dynamic_batch=True)[0] for rt in rts})
+    info: dict[str, dict] = {}
+    paths: dict[tuple, str | None] = {}
+    for (tag, rt), m in graphs.items():
+        key = tag if tag != "deploy" else f"deploy-{rt}"
+        if key not in info:
+            info[key] = export_variant(m, x1, os.path.join(tmp, f"{name}-{key}.onnx"))
+        paths[(tag, rt)] = info[key]["path"]
+    info["deploy-form-choice"] = {"seconds": choose_s}
     fl = {"model": flops(model, x1), "baseline": flops(baseline, x1)}
     rows = []
     for b in args.batches:
@@ -69,24 +89,24 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
             want = model(xb).numpy()
         fns = {"eager": (lambda m, x: lambda: m(x))(model, xb)}
         parity = {}
-        for tag, m in variants.items():
-            path = info[tag]["path"]
+        for (tag, rt), path in paths.items():
             if path is None and tag == "as-is":
-                path = static_fallback(m, xb, os.path.join(tmp, f"{name}-{tag}-b{b}.onnx"))
-                info[tag][f"static_b{b}"] = path is not None
+                path = static_fallback(model, xb, os.path.join(tmp, f"{name}-{tag}-b{b}.onnx"))
+                info["as-is"][f"static_b{b}"] = path is not None
             if path is None:
                 continue
-            for rt in runtimes_here(args.runtimes):
-                try:
-                    r = make_runner(rt, RunnerOptions(threads=args.threads))
-                    r.load(path, tmp)
-                    feeds = {"input": xb.numpy()}
-                    out = r.run(feeds)[0]
-                    if tag != "baseline":
-                        parity[f"{tag}/{rt}"] = compare("o", want, out, 0.0, 1e-4).max_rel_err
-                    fns[f"{tag}/{rt}"] = (lambda r, f: lambda: r.run(f))(r, feeds)
-                except Exception as e:  # noqa: BLE001
-                    info[tag][f"{rt}_error"] = first_line(e)[:160]
+            try:
+                r = make_runner(rt, RunnerOptions(threads=args.threads))
+                sub = os.path.join(tmp, f"{name}-{tag}-{rt}-b{b}")
+                os.makedirs(sub, exist_ok=True)
+                r.load(path, sub)
+                feeds = {"input": xb.numpy()}
+                out = r.run(feeds)[0]
+                if tag != "baseline":
+                    parity[f"{tag}/{rt}"] = compare("o", want, out, 0.0, 1e-4).max_rel_err
+                fns[f"{tag}/{rt}"] = (lambda r, f: lambda: r.run(f))(r, feeds)
+            except Exception as e:  # noqa: BLE001
+                info.setdefault(f"{tag}-{rt}", {})["error"] = first_line(e)[:160]
         with torch.inference_mode():
             stats = interleaved(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=args.iters, min_time_s=args.min_time)
         row = {"model": name, "baseline": entry.baseline, "batch": b, "input": [b, *shape[1:]],
@@ -120,7 +140,7 @@ def to_markdown(rows: list[dict], rts: list[str]) -> str:
         ex = r["export"]["as-is"]
         cells.append("dynamic batch" if ex.get("dynamic") else ("static batch only: " if ex.get(f"static_b{r['batch']}") else "fails: ") + ex.get("error", "")[:60])
         par = r["parity_max_rel_err"]
-        cells.append(", ".join(f"{k.split('/')[1]} {v:.1e}" for k, v in par.items() if k.startswith("deploy/")))
+        cells.append(", ".join(f"{k.replace('/', ' ')} {v:.1e}" for k, v in par.items()))
         body.append(cells)
     return md_table(header, body)
 
