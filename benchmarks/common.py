@@ -53,6 +53,18 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def write_outputs(args, markdown: str, record: dict) -> None:
+    """The two results every benchmark keeps: --markdown (for benchmarks/update_readme.py) and --json."""
+    import json
+
+    if getattr(args, "markdown", None):
+        with open(args.markdown, "w") as f:
+            f.write(markdown.rstrip() + "\n")
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), **record}, f, indent=1)
+
+
 def machine() -> str:
     import platform
 
@@ -65,4 +77,4 @@ def machine() -> str:
     return f"{cpu or platform.processor()} ({os.cpu_count()} logical cores), {platform.system()}"
 
 
-__all__ = ["flops", "load_runner", "runtimes_here", "md_table", "machine", "np"]
+__all__ = ["flops", "load_runner", "runtimes_here", "md_table", "machine", "write_outputs", "np"]

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import machine, md_table  # noqa: E402
+from common import machine, md_table, write_outputs  # noqa: E402
 
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
@@ -66,9 +66,7 @@ def main() -> None:
     md = md_table(["model", "exporter + simplifier", "export time (incl. simplify, checks)", "nodes", "ONNX Runtime p50 (vs default)"], rows)
     md += f"\n\n{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats"
     print(md)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md + "\n")
+    write_outputs(args, md, {})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ A forced form that is not exact for some layer falls back per layer as the conve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import load_runner, machine, md_table, runtimes_here  # noqa: E402
+from common import load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
@@ -80,12 +79,7 @@ def main() -> None:
     md = md_table(["model", "runtime", "auto ms", "preferred order ms", "best single fixed form (ms)", "auto / best fixed", "every fixed form (ms)"], rows)
     md += f"\n\n{machine()}; threads={args.threads}; batch 1; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
     print(md)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "threads": args.threads, "rows": records}, f, indent=1)
+    write_outputs(args, md, {"threads": args.threads, "rows": records})
 
 
 if __name__ == "__main__":

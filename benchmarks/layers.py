@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import flops, load_runner, machine, md_table, runtimes_here  # noqa: E402
+from common import flops, load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 from layer_cases import all_cases  # noqa: E402
 
 from polyexport.bench import interleaved  # noqa: E402
@@ -130,12 +130,10 @@ def main() -> None:
     print()
     print(md)
     print(f"\n{machine()}; threads={args.threads}; {time.time() - t0:.0f} s")
-    if args.json and not args.from_json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": rows}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md + f"\n\n{machine()}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats\n")
+    if args.from_json:
+        args.json = None  # re-rendering: the measured rows stay as they were
+    write_outputs(args, md + f"\n\n{machine()}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats",
+                  {"threads": args.threads, "versions": versions(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import flops, machine, md_table, runtimes_here  # noqa: E402
+from common import flops, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
@@ -194,12 +194,7 @@ def main() -> None:
     print(md)
     foot = f"{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
     print("\n" + foot)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md + "\n\n" + foot + "\n")
+    write_outputs(args, md + "\n\n" + foot, {"threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows})
     if args.plot:
         plot(rows, rts, args.plot)
 

@@ -8,7 +8,6 @@ Each model is deployed and exported once (static batch), then the three are time
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import load_runner, machine, md_table, runtimes_here  # noqa: E402
+from common import load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
@@ -58,12 +57,7 @@ def main() -> None:
     print()
     md = md_table(header, rows) + f"\n\n{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
     print(md)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "threads": args.threads, "versions": versions(), "rows": records}, f, indent=1)
+    write_outputs(args, md, {"threads": args.threads, "versions": versions(), "rows": records})
 
 
 if __name__ == "__main__":
