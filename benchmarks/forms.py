@@ -3,7 +3,8 @@
 For each zoo paper model, the research layers are deployed (a) with `auto` (each exact form timed
 per layer on that runtime, fastest chosen: polyexport/autoform.py) and (b) with each form forced
 for every layer of that type; the whole models are timed side by side (interleaved, medians).
-A forced form that is not exact for some layer falls back per layer as the converter always does.
+A forced form that cannot represent some layer of the model exactly is refused by the converter
+(it never approximates): that variant is left out, with the reason printed.
 
     python benchmarks/forms.py --models ps_resnet50 mixnet_s --markdown benchmarks/results/forms.md
 """

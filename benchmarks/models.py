@@ -55,7 +55,7 @@ def static_fallback(model, x, path) -> str | None:
 
 def deploy_for(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> torch.nn.Module:
     """What `polyexport MODEL --target RT --dynamic-batch` deploys: dynamic-batch forms, each chosen by timing on RT."""
-    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache)
+    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache, dynamic_batch=True)
     return convert(model, target=rt, dynamic_batch=True, ranker=timer)[0]
 
 

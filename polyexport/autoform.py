@@ -65,11 +65,12 @@ class FormTimer:
     """A converter ranker (convert.Ranker) that times forms on one runtime."""
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
-                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05):
+                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05, dynamic_batch: bool = False):
         self.runtime, self.options, self.inputs = runtime, options, inputs
+        self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path = cache_path or default_cache_path()
         self.repeats, self.min_time_s = repeats, min_time_s
-        self.context = f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}"
+        self.context = f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
         self.cache = self._load()
         self.choices: list[dict] = []
 
@@ -123,7 +124,7 @@ class FormTimer:
                     with torch.no_grad():
                         module = form.build(ref).eval()
                     path = os.path.join(tmp, f"{form.name}.onnx")
-                    export_onnx(module, args, path, input_names=names, n_outputs=len(want), simplifier="onnxsim")
+                    export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=self.dynamic_batch)
                     runner = make_runner(self.runtime, self.options)
                     runner.load(path, tmp)
                     runners.append(runner)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bench import measure
-from .errors import BadInput, PolyexportError
-from .parity import ParityCheck
+from .errors import BadInput
+from .parity import check_runner
 from .runtimes import RunnerOptions, make_runner
 
 FORMAT = 1
@@ -101,25 +101,16 @@ def verify_bundle(folder: str, target: str, threads: int | None = None, device: 
     """Run the bundle's inputs on `target`, compare with PyTorch's outputs, time it. Torch-free."""
     bundle = read_bundle(folder)
     tol = bundle.manifest["tolerance"]
-    check = ParityCheck(target, tol["atol"] if atol is None else atol, tol["rtol"] if rtol is None else rtol)
     runner = make_runner(target, RunnerOptions(threads, device))
-    refs = bundle.references()
     sets = bundle.input_sets()
     result: dict = {"bundle": os.path.abspath(folder), "model": bundle.manifest["model"], "target": target}
-    with tempfile.TemporaryDirectory() as work:
-        try:
-            runner.load(bundle.onnx, work)
-            for label, feeds in sets:
-                check.add(label, refs[label], runner.run(feeds))
-        except PolyexportError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a runtime that cannot run the graph fails the check
-            check.fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-        result["parity"] = {target: check.result.as_dict()}
+    with tempfile.TemporaryDirectory() as work, runner:
+        parity, _ = check_runner(target, runner, bundle.onnx, work, sets, bundle.references(),
+                                 tol["atol"] if atol is None else atol, tol["rtol"] if rtol is None else rtol)
+        result["parity"] = {target: parity.as_dict()}
         result["runtime"] = runner.describe()
-        if bench and check.result.error is None:
+        if bench and parity.error is None:
             feeds = sets[0][1]
             result["latency_ms"] = {target: measure(lambda: runner.run(feeds), min_iters=iterations).as_dict()}
-        runner.close()
-    result["passed"] = check.result.passed
+    result["passed"] = parity.passed
     return result

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import PolyexportError
+
 #: fp32 defaults. rtol is relative to the output's scale (max |ref|): whole networks through
 #: another runtime's kernels (Winograd, fused ops, other summation orders) measured here at
 #: ≤ 2e-6 on the zoo; 1e-4 leaves room for deeper models without hiding a real error (a wrong
@@ -76,8 +78,10 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: floa
     scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     a, b = ref[finite].ravel(), got[finite].ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+    # numpy's own pairwise sums, not BLAS (np.linalg.norm, @): OpenBLAS threads were seen to spin
+    # forever next to the runtimes' thread pools in forked workers; float64 keeps this exact enough
+    na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))
+    cos = float(np.sum(a * b) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
     return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= atol + rtol * scale)
 
 
@@ -96,3 +100,24 @@ class ParityCheck:
 
     def fail(self, error: str) -> None:
         self.result.error = error
+
+
+def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets: list[tuple[str, dict[str, np.ndarray]]],
+                 refs: dict[str, list[np.ndarray]], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> tuple[ParityResult, dict[str, str]]:
+    """Load `onnx_path` on `runner`, run every input set, compare with `refs`: (result, artifacts written).
+
+    A runtime that cannot load or run the graph fails the check with its error (that is a parity
+    result); polyexport's own errors (a runtime not installed, a bad input) still propagate.
+    """
+    check = ParityCheck(runtime, atol, rtol)
+    artifacts: dict[str, str] = {}
+    try:
+        artifacts = runner.load(onnx_path, workdir)
+        for label, feeds in input_sets:
+            check.add(label, refs[label], runner.run(feeds))
+    except PolyexportError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        text = str(e).strip()
+        check.fail(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+    return check.result, artifacts

@@ -20,10 +20,10 @@ from torch import nn
 from . import __version__
 from .bench import measure
 from .convert import TARGETS, convert
-from .errors import BadInput, PolyexportError
+from .errors import BadInput
 from .export import export_onnx, flatten_outputs, output_names
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
-from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck, check_runner
 from .report import Report
 from .runtimes import RunnerOptions, available, make_runner
 from .runtimes.torch_runner import TorchRunner
@@ -127,23 +127,15 @@ def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions)
     inputs = capture_layer_inputs(model, to_torch(arrays))
     if not inputs:
         return None
-    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs)
+    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs, dynamic_batch=opts.dynamic_batch)
 
 
-def _graph_parity(stage: str, path: str, parity_sets, refs, names, opts: ExportOptions):
+def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions):
+    """A middle rung of the ladder: the graph itself on ONNX Runtime with its optimisations off."""
     from .runtimes.onnxruntime import OnnxRuntimeRunner
 
-    runner = OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False)
-    check = ParityCheck(stage, opts.atol, opts.rtol)
-    try:
-        runner.load(path, os.path.dirname(path))
-        for label, arrays in parity_sets:
-            check.add(label, refs[label], runner.run(dict(zip(names, arrays))))
-    except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime cannot run is a failed rung
-        check.fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-    finally:
-        runner.close()
-    return check.result
+    with OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False) as runner:
+        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, opts.atol, opts.rtol)[0]
 
 
 def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, opts: ExportOptions, export_kw, workdir, runner_opts,
@@ -213,6 +205,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     report = Report(model=name or type(model).__name__, target=opts.target, deploy=opts.deploy, versions=versions(),
                     inputs=[s.as_dict() for s in specs], notes=list(notes))
     tmp = _prepare_out(opts.out, opts.force)
+    diag = tempfile.mkdtemp(prefix="polyexport-diag-")  # what is not an artifact: the raw export, diagnostic graphs
     try:
         exported, records = model, []
         if opts.deploy:
@@ -228,7 +221,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             report.parity["torch-deployed"] = check.result.as_dict()
 
         onnx_path = os.path.join(tmp, "model.onnx")
-        diag = tempfile.mkdtemp(prefix="polyexport-diag-")
+        input_sets = [(label, dict(zip(names, arrays))) for label, arrays in parity_sets]
         raw_path = os.path.join(diag, "exported.onnx")
         export_kw = dict(opset=opts.opset, dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, simplifier=opts.simplifier)
         with step(f"export to ONNX (opset {opts.opset})"):
@@ -239,7 +232,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         if available("onnxruntime"):  # the ladder's middle rungs: the graph itself, no runtime optimisation
             with step("ONNX graph parity (ONNX Runtime, optimisations off)"):
                 for stage, path in (("onnx-exported", raw_path), ("onnx-simplified", onnx_path)):
-                    report.parity[stage] = _graph_parity(stage, path, parity_sets, refs, names, opts).as_dict()
+                    report.parity[stage] = _graph_parity(stage, path, input_sets, refs, opts).as_dict()
 
         runner_opts = RunnerOptions(opts.threads, opts.device, batch_range=opts.batch_range, workspace_mb=opts.workspace_mb)
         latency_fns: dict[str, Callable[[], object]] = {}
@@ -252,19 +245,11 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             with step(f"{rt}: load, check parity"):
                 runner = make_runner(rt, runner_opts)
                 runners.append(runner)
-                check = ParityCheck(rt, opts.atol, opts.rtol)
-                try:
-                    for key, path in runner.load(onnx_path, tmp).items():
-                        report.artifacts[key] = os.path.relpath(path, tmp)
-                    for label, arrays in parity_sets:
-                        check.add(label, refs[label], runner.run(dict(zip(names, arrays))))
-                except PolyexportError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - a runtime that cannot run the graph is a failed check
-                    check.fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-                report.parity[rt] = check.result.as_dict()
+                result, artifacts = check_runner(rt, runner, onnx_path, tmp, input_sets, refs, opts.atol, opts.rtol)
+                report.artifacts.update({key: os.path.relpath(path, tmp) for key, path in artifacts.items()})
+                report.parity[rt] = result.as_dict()
                 report.runtimes[rt] = runner.describe()
-                if check.result.error is None:
+                if result.error is None:
                     latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
         failed = [k for k, p in report.parity.items() if not p["passed"]]
         report.first_failing_stage = failed[0] if failed else None
@@ -273,7 +258,6 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             with step(f"locate the first diverging layer ({stage})"):
                 report.explain = _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts, export_kw,
                                           diag, runner_opts, lambda k: report.parity[k]["passed"])
-        shutil.rmtree(diag, ignore_errors=True)
         if opts.bench:
             for rt, fn in latency_fns.items():
                 with step(f"latency: {rt}"):
@@ -297,5 +281,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(diag, ignore_errors=True)
     report.artifacts = {k: os.path.join(opts.out, v) for k, v in report.artifacts.items()}
     return report

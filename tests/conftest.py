@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: see the note in polyexport/parity.py
+
 import pytest
 import torch
 
