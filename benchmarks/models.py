@@ -159,6 +159,9 @@ def plot(rows: list[dict], rts: list[str], path: str, batch: int = 1) -> None:
         for i, (tag, color, label) in enumerate((("as-is", "#c44e52", "exported as is"), ("deploy", "#4c72b0", "polyexport deploy"))):
             vals = [r["ms"].get(f"{tag}/{rt}", np.nan) / r["ms"].get(f"baseline/{rt}", np.nan) for r in rows]
             ax.barh(y + (i - 0.5) * 0.38, vals, 0.38, color=color, label=label)
+            for yi, v in zip(y, vals):
+                if tag == "as-is" and np.isnan(v):
+                    ax.text(0.05, yi - 0.19, "exported as is: fails", va="center", fontsize=7, color="#c44e52")
         ax.axvline(1.0, color="#444", lw=1, ls="--", label="plain baseline")
         ax.set_yticks(y, [f"{r['model']} ({r['ms'].get(f'baseline/{rt}', float('nan')):.1f} ms base)" for r in rows], fontsize=8)
         ax.invert_yaxis()
@@ -180,19 +183,26 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     ap.add_argument("--plot")
+    ap.add_argument("--from-json", help="render the table and plot from an earlier --json instead of measuring")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
     rts = runtimes_here(args.runtimes)
     t0 = time.time()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            rows += bench_pair(name, args, tmp)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        rows, rts, args.threads, args.json = saved["rows"], saved["runtimes"], saved["threads"], None
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                rows += bench_pair(name, args, tmp)
     md = to_markdown(rows, rts)
     print()
     print(md)
-    foot = f"{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
+    elapsed = "" if args.from_json else f"; {time.time() - t0:.0f} s"  # re-rendering measures nothing
+    foot = f"{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats{elapsed}"
     print("\n" + foot)
     write_outputs(args, md + "\n\n" + foot, {"threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows})
     if args.plot:
