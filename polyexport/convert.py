@@ -89,6 +89,8 @@ _loaded = False
 
 
 def register_layer(ref_type: type, forms: Iterable[Form], prefer: Preference | None = None) -> None:
+    """Register a reference layer's exact forms. `prefer` orders them per target; a target not
+    named uses "*" (so one list serves every runtime where the measured order is the same)."""
     forms = list(forms)
     _LAYERS[ref_type] = LayerEntry(ref_type, {f.name: f for f in forms}, prefer or {"*": [f.name for f in forms]})
 

@@ -58,7 +58,7 @@ class WithBN(nn.Module):
 
 
 def bn(c: int, seed: int = 5) -> nn.BatchNorm2d:
-    return randomize_(nn.Sequential(nn.BatchNorm2d(c)), seed=seed)[0]
+    return randomize_(nn.BatchNorm2d(c), seed=seed)
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -54,7 +54,7 @@ def assert_attention_varies(ref: Dynamic_conv2d, x: torch.Tensor) -> None:
 
 
 def bn(c: int, seed: int = 5) -> nn.BatchNorm2d:
-    return randomize_(nn.Sequential(nn.BatchNorm2d(c)), seed=seed)[0]
+    return randomize_(nn.BatchNorm2d(c), seed=seed)
 
 
 @pytest.mark.parametrize("form", BANK_FORMS)

@@ -99,5 +99,5 @@ for _t in DCD_TYPES:
         _t,
         forms=[Form("decomposed", to_deploy, dynamic_batch=True, constant_weights=True,
                     note="static conv ⊙ channel scale + batched dim×dim MatMul; BN1d/BN2d folded")],
-        prefer={"*": ["decomposed"], "onnxruntime": ["decomposed"], "openvino": ["decomposed"], "tensorrt": ["decomposed"]},
+        prefer={"*": ["decomposed"]},
     )

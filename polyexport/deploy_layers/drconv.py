@@ -199,6 +199,5 @@ register_layer(
     ],
     # measured (benchmarks/layer_cases/drconv.py, indicative): unfold ≈ grouped_conv ≫ basis on ORT and OpenVINO;
     # unfold feeds TensorRT only a MatMul with run-time operands (its parser accepts those), so it leads there too
-    prefer={"*": ["unfold", "basis"], "onnxruntime": ["unfold", "basis"], "openvino": ["unfold", "basis"],
-            "tensorrt": ["unfold", "basis"]},
+    prefer={"*": ["unfold", "basis"]},
 )

@@ -183,7 +183,7 @@ register_layer(
              note="grouped KxK conv (groups=P) + dense 1x1 conv, summed; (K^2/P + 1)/K^2 of a plain conv's FLOPs"),
         Form("dense", build_dense, note="one dense KxK conv, 1x1 kernels at the centre tap; a plain conv's FLOPs"),
     ],
-    prefer={"*": _PREFER, "onnxruntime": _PREFER, "openvino": _PREFER, "tensorrt": _PREFER},
+    prefer={"*": _PREFER},
 )
 
 register_layer(
@@ -193,5 +193,5 @@ register_layer(
              note="channel shuffle, grouped KxK conv (groups=P) + dense 1x1 conv, shuffle back; (K^2/P + 1)/K^2 FLOPs"),
         Form("dense", _shifted_dense, note="one dense KxK conv, 1x1 kernels at the centre tap; a plain conv's FLOPs"),
     ],
-    prefer={"*": _PREFER, "onnxruntime": _PREFER, "openvino": _PREFER, "tensorrt": _PREFER},
+    prefer={"*": _PREFER},
 )

@@ -233,6 +233,5 @@ register_layer(
     # ~10% of "single" where "single" wins (3-5-7 at 56×56); "split" is 5-7× slower on ONNX Runtime
     # when a split has 21 or 22 channels. Dense MixConvs ([1, 1] pointwise): "single" (grouped) fastest.
     # TensorRT: not measured; the same order.
-    prefer={"*": ["aligned", "single", "split"], "onnxruntime": ["aligned", "single", "split"],
-            "openvino": ["aligned", "single", "split"], "tensorrt": ["aligned", "single", "split"]},
+    prefer={"*": ["aligned", "single", "split"]},
 )
