@@ -36,7 +36,10 @@ def _sha256(path: str) -> str:
 
 def write_bundle(folder: str, onnx_path: str, input_specs: list[dict], output_names: list[str],
                  parity_sets: list[tuple[str, list[np.ndarray]]], refs: dict[str, list[np.ndarray]],
-                 atol: float, rtol: float, report_json: str, dynamic_batch: bool, model: str) -> str:
+                 atol: float | None, rtol: float | None, report_json: str, dynamic_batch: bool, model: str,
+                 keep_fp32: list[str] | None = None) -> str:
+    """Tolerances of None mean "by the precision the device runs" (precision.TOLERANCES); `keep_fp32`:
+    the modules the export had to keep in fp32 under fp16, applied again by `verify --fp16`."""
     os.makedirs(folder, exist_ok=True)
     shutil.copyfile(onnx_path, os.path.join(folder, "model.onnx"))
     names = [s["name"] for s in input_specs]
@@ -47,6 +50,7 @@ def write_bundle(folder: str, onnx_path: str, input_specs: list[dict], output_na
     manifest = {
         "format": FORMAT, "model": model, "inputs": input_specs, "outputs": output_names, "dynamic_batch": dynamic_batch,
         "parity_sets": [label for label, _ in parity_sets], "tolerance": {"atol": atol, "rtol": rtol},
+        "fp16_keep_fp32": list(keep_fp32 or []),
         "sha256": {name: _sha256(os.path.join(folder, name)) for name in FILES},
     }
     with open(os.path.join(folder, "manifest.json"), "w") as f:
@@ -97,11 +101,17 @@ def read_bundle(folder: str) -> Bundle:
 
 
 def verify_bundle(folder: str, target: str, threads: int | None = None, device: str = "cpu", bench: bool = True,
-                  iterations: int = 20, atol: float | None = None, rtol: float | None = None) -> dict:
-    """Run the bundle's inputs on `target`, compare with PyTorch's outputs, time it. Torch-free."""
+                  iterations: int = 20, atol: float | None = None, rtol: float | None = None, fp16: bool = False) -> dict:
+    """Run the bundle's inputs on `target`, compare with PyTorch's outputs, time it. Torch-free.
+
+    With fp16 the tolerance follows the precision the runtime reports (unless given), and the modules
+    the export kept in fp32 are kept again."""
     bundle = read_bundle(folder)
     tol = bundle.manifest["tolerance"]
-    runner = make_runner(target, RunnerOptions(threads, device))
+    if fp16:  # the manifest's tolerance was set for the export's precision; fp16 has its own
+        tol = {"atol": None, "rtol": None}
+    keep = tuple(bundle.manifest.get("fp16_keep_fp32", [])) if fp16 else ()
+    runner = make_runner(target, RunnerOptions(threads, device, fp16=fp16, keep_fp32=keep))
     sets = bundle.input_sets()
     result: dict = {"bundle": os.path.abspath(folder), "model": bundle.manifest["model"], "target": target}
     with tempfile.TemporaryDirectory() as work, runner:

@@ -19,6 +19,7 @@ from . import __version__
 from .targets import TARGETS
 from .errors import BadInput, PolyexportError
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL
+from .precision import TOLERANCES
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -44,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="polyexport-out", metavar="DIR", help="where artifacts and the report go (default ./polyexport-out)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"tolerance relative to the output's max |value| (default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, help=f"absolute tolerance (default by precision: fp32 {DEFAULT_ATOL:g}, fp16 {TOLERANCES['fp16'][0]:g}, bf16 {TOLERANCES['bf16'][0]:g})")
+    p.add_argument("--rtol", type=float, help=f"tolerance relative to the output's max |value| (default by precision: fp32 {DEFAULT_RTOL:g}, fp16 {TOLERANCES['fp16'][1]:g}, bf16 {TOLERANCES['bf16'][1]:g})")
+    p.add_argument("--fp16", action="store_true", help="fp16 on the runtimes: an fp16 graph for ONNX Runtime, the f16 hint for OpenVINO (bf16 where the CPU "
+                   "lacks fp16), an fp16 engine for TensorRT; modules that overflow or lose accuracy are found and kept in fp32 where the runtime allows")
     p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
     p.add_argument("--form", action="append", metavar="LAYER=FORM", help="auto (time each exact form on the target runtime: the default for onnxruntime/openvino), "
                    "preferred (the registered, measured order), or force a form for a layer type, e.g. PSConv2d=regrouped (or =reference); repeatable")
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
     p.add_argument("--explain", action="store_true", help="localise the first diverging layer even when parity holds (automatic on a parity failure)")
-    p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="TensorRT optimization profile for --dynamic-batch (default 1,1,32)")
+    p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="with --dynamic-batch: parity is checked at each, and TensorRT's profile is built "
+                   "for it (default 1,BATCH,max(8,BATCH) with BATCH the input shape's)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
     p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
     p.add_argument("--version", action="version", version=f"polyexport {__version__}")
@@ -85,12 +89,16 @@ def _print_summary(report) -> None:
         for l in kept:
             console.print(f"  [yellow]kept[/] {escape(l['name'])} ({l['type']}): {escape(l.get('note', ''))}")
     t = Table(title="parity with PyTorch", title_justify="left")
-    for col in ("stage / runtime", "max abs err", "max err / scale", "cosine", "passed"):
+    for col in ("stage / runtime", "precision", "max abs err", "max err / scale", "rtol", "cosine", "top-1 / top-5", "passed"):
         t.add_column(col)
     for k, p in report.parity.items():
         ok = "[green]yes[/]" if p["passed"] else f"[bold red]NO[/] {escape(p.get('error', ''))}"
-        t.add_row(k, f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p['cosine']:.8f}", ok)
+        topk = f"{p['top1_agreement']:.0%} / {p['top5_agreement']:.0%}" if p.get("topk_samples") else "-"
+        t.add_row(k, p.get("precision", "fp32"), f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p['rtol']:g}", f"{p['cosine']:.8f}", topk, ok)
     console.print(t)
+    for rt, d in report.precision.items():
+        kept = ", ".join(f"{m['module']} ({m['reason']})" for m in d.get("kept_fp32", []))
+        console.print(f"{rt}: asked {d['asked']}, ran {d['ran']}; kept in fp32: {escape(kept or d.get('note', 'none'))}", soft_wrap=True)
     if report.explain:
         e = report.explain
         if e.get("module"):
@@ -155,13 +163,15 @@ def run(argv: list[str] | None = None) -> int:
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
                     force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle,
-                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain,
+                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain, fp16=args.fp16,
                     form_choice=choice[-1] if choice else None)
     _print_summary(report)
     if not report.passed:
         first, *later = report.failed_runtimes()
         also = f" (and after it: {', '.join(later)})" if later else ""
-        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: outputs differ from PyTorch beyond atol {args.atol:g} + rtol {args.rtol:g}·scale; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
+        tol = report.parity[first]
+        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: outputs differ from PyTorch beyond atol {tol['atol']:g} + rtol {tol['rtol']:g}·scale "
+                          f"({tol.get('precision', 'fp32')}); artifacts kept in {args.out} (see report.md)", soft_wrap=True)
         return 1
     console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {args.out}/report.md", soft_wrap=True)
     return 0
@@ -176,6 +186,7 @@ def verify_main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--fp16", action="store_true", help="run in fp16 (the tolerance follows the precision the runtime reports)")
     p.add_argument("--atol", type=float, help="override the bundle's tolerance")
     p.add_argument("--rtol", type=float, help="override the bundle's tolerance")
     p.add_argument("--json", metavar="FILE", help="write the result here")
@@ -183,7 +194,7 @@ def verify_main(argv: list[str]) -> int:
     from .bundle import verify_bundle
 
     with _step(f"verify {args.bundle} on {args.target}"):
-        result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol)
+        result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol, args.fp16)
     pr = result["parity"][args.target]
     console.print(f"parity on {args.target}: max abs err {pr['max_abs_err']:.3g}, max err / scale {pr['max_rel_err']:.3g}, "
                   f"cosine {pr['cosine']:.8f} over {pr['comparisons']} outputs: " + ("[green]passed[/]" if pr["passed"] else f"[bold red]FAILED[/] {escape(pr.get('error', ''))}"))

@@ -36,10 +36,14 @@ class Divergence:
     form: str
     max_rel_err: float
     checked: list[tuple[str, float]]  # every watched module in execution order, with its error
+    kinds: dict[str, tuple[str, str]] | None = None  # module -> (type, deploy form)
 
     def as_dict(self) -> dict:
+        kinds = self.kinds or {}
         return {"stage": self.stage, "module": self.module, "type": self.type, "form": self.form,
-                "max_rel_err": self.max_rel_err, "checked": [{"module": m, "max_rel_err": e} for m, e in self.checked]}
+                "max_rel_err": self.max_rel_err,
+                "checked": [{"module": m, "max_rel_err": e, "type": kinds.get(m, ("?", "?"))[0], "form": kinds.get(m, ("?", "?"))[1]}
+                            for m, e in self.checked]}
 
 
 def watched_modules(model: nn.Module, records: list[LayerRecord], depth: int = 2) -> list[str]:
@@ -105,9 +109,9 @@ def _first_over(stage, pairs, rtol, atol, kinds) -> Divergence:
         if culprit is None and not all(e.passed for e in errs):
             culprit = (name, worst)
     if culprit is None:
-        return Divergence(stage, None, "", "", max((e for _, e in checked), default=0.0), checked)
+        return Divergence(stage, None, "", "", max((e for _, e in checked), default=0.0), checked, kinds)
     typ, form = kinds.get(culprit[0], ("?", "?"))
-    return Divergence(stage, culprit[0], typ, form, culprit[1], checked)
+    return Divergence(stage, culprit[0], typ, form, culprit[1], checked, kinds)
 
 
 def _kinds(model: nn.Module, records: list[LayerRecord]) -> dict[str, tuple[str, str]]:

@@ -37,6 +37,10 @@ class ParityResult:
     rtol: float
     outputs: list[OutputDiff] = field(default_factory=list)
     error: str | None = None  # a runtime that failed to run at all
+    precision: str = "fp32"  # what the runtime ran (precision.normalize of its own report)
+    samples: int = 0  # rows of (N, C) logit-like outputs compared for top-k agreement
+    top1_agree: int = 0
+    top5_agree: int = 0
 
     @property
     def passed(self) -> bool:
@@ -59,7 +63,11 @@ class ParityResult:
 
     def as_dict(self) -> dict:
         d = {"max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "cosine": self.cosine,
-             "passed": self.passed, "atol": self.atol, "rtol": self.rtol, "comparisons": len(self.outputs)}
+             "passed": self.passed, "atol": self.atol, "rtol": self.rtol, "comparisons": len(self.outputs),
+             "precision": self.precision}
+        if self.samples:
+            d.update(top1_agreement=self.top1_agree / self.samples, top5_agreement=self.top5_agree / self.samples,
+                     topk_samples=self.samples)
         if self.error:
             d["error"] = self.error
         return d
@@ -85,6 +93,20 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: floa
     return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= atol + rtol * scale)
 
 
+def topk_agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> tuple[int, int, int]:
+    """For (N, C) logit-like outputs: (rows, rows with the same top-1 class, rows with the same set of
+    top-k classes). What a classifier's user reads: does the deployed model give the same answers?"""
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.ndim != 2 or ref.shape != got.shape or ref.shape[1] < 2:
+        return 0, 0, 0
+    k = min(k, ref.shape[1])
+    same1 = int(np.sum(np.argmax(ref, 1) == np.argmax(got, 1)))
+    top_r = np.sort(np.argsort(-ref, 1, kind="stable")[:, :k], 1)
+    top_g = np.sort(np.argsort(-got, 1, kind="stable")[:, :k], 1)
+    samek = int(np.sum(np.all(top_r == top_g, 1)))
+    return ref.shape[0], same1, samek
+
+
 class ParityCheck:
     """Accumulates comparisons for one runtime over several input batches."""
 
@@ -97,22 +119,34 @@ class ParityCheck:
             return
         for i, (r, g) in enumerate(zip(refs, gots)):
             self.result.outputs.append(compare(f"{label}/output{i}", r, g, self.result.atol, self.result.rtol))
+            n, top1, top5 = topk_agreement(r, g)
+            self.result.samples += n
+            self.result.top1_agree += top1
+            self.result.top5_agree += top5
 
     def fail(self, error: str) -> None:
         self.result.error = error
 
 
 def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets: list[tuple[str, dict[str, np.ndarray]]],
-                 refs: dict[str, list[np.ndarray]], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> tuple[ParityResult, dict[str, str]]:
+                 refs: dict[str, list[np.ndarray]], atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL) -> tuple[ParityResult, dict[str, str]]:
     """Load `onnx_path` on `runner`, run every input set, compare with `refs`: (result, artifacts written).
 
+    A tolerance given as None follows the precision the runner reports it ran (precision.TOLERANCES).
     A runtime that cannot load or run the graph fails the check with its error (that is a parity
     result); polyexport's own errors (a runtime not installed, a bad input) still propagate.
     """
-    check = ParityCheck(runtime, atol, rtol)
+    from .precision import normalize, tolerances
+
+    check = ParityCheck(runtime, DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
     artifacts: dict[str, str] = {}
     try:
         artifacts = runner.load(onnx_path, workdir)
+        precision = normalize(runner.describe().get("precision"))
+        by_dtype = tolerances(precision)
+        check.result.precision = precision
+        check.result.atol = by_dtype[0] if atol is None else atol
+        check.result.rtol = by_dtype[1] if rtol is None else rtol
         for label, feeds in input_sets:
             check.add(label, refs[label], runner.run(feeds))
     except PolyexportError:

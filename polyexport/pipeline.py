@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Sequence
 
 import numpy as np
@@ -37,8 +37,9 @@ class ExportOptions:
     out: str = "polyexport-out"
     dynamic_batch: bool = False
     opset: int = 17
-    atol: float = DEFAULT_ATOL
-    rtol: float = DEFAULT_RTOL
+    atol: float | None = None  # None: by the precision each stage ran (precision.TOLERANCES; fp32: parity.DEFAULT_*)
+    rtol: float | None = None
+    fp16: bool = False  # reduced precision on the runtimes (what each actually ran is reported)
     deploy: bool = True
     forms: dict[str, str] = field(default_factory=dict)
     strict: bool = False
@@ -53,11 +54,33 @@ class ExportOptions:
     force: bool = False
     extra_runtimes: Sequence[str] = ()
     bundle: bool = False  # also write DIR/bundle/ for `polyexport verify` on another machine
-    batch_range: tuple[int, int, int] | None = None  # TensorRT profile (min, opt, max) with a dynamic batch
+    batch_range: tuple[int, int, int] | None = None  # (min, opt, max) with a dynamic batch: parity at each, TensorRT's profile
     workspace_mb: int = 1024
     explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
     form_choice: str | None = None  # "auto": time each exact form on the target runtime; "preferred": the registered order.
     #                                  None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
+
+    @property
+    def fp32_tolerances(self) -> tuple[float, float]:
+        """For the stages that run in fp32 whatever was asked (deployed PyTorch, the ONNX graph on ORT)."""
+        return (DEFAULT_ATOL if self.atol is None else self.atol, DEFAULT_RTOL if self.rtol is None else self.rtol)
+
+
+#: how many modules the fp16 repair may move back to fp32 before it gives up
+MAX_KEPT_FP32 = 8
+
+
+def batch_range(opts: ExportOptions, batch: int) -> tuple[int, int, int] | None:
+    """The dynamic batch range parity covers (and a TensorRT profile is built for): the one asked, else
+    (1, the example's batch, max(8, that batch))."""
+    if not opts.dynamic_batch:
+        return None
+    if opts.batch_range:
+        lo, opt, hi = opts.batch_range
+        if not 0 < lo <= opt <= hi:
+            raise BadInput(f"batch range {opts.batch_range}: expected 0 < min <= opt <= max")
+        return lo, opt, hi
+    return 1, batch, max(8, batch)
 
 
 def runtimes_for(target: str, extra: Sequence[str] = ()) -> list[str]:
@@ -135,17 +158,19 @@ def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions):
     from .runtimes.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False) as runner:
-        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, opts.atol, opts.rtol)[0]
+        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, *opts.fp32_tolerances)[0]
 
 
 def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, opts: ExportOptions, export_kw, workdir, runner_opts,
-             report_passed: Callable[[str], bool]) -> dict:
-    """The first watched module that diverges at `stage` (see explain.py), as a report entry."""
+             report_passed: Callable[[str], bool], tolerance: tuple[float, float]) -> dict:
+    """The first watched module that diverges at `stage` (see explain.py), as a report entry; `tolerance`
+    (atol, rtol) is the stage's own (an fp16 runtime is judged at fp16's)."""
     from .explain import explain_deploy, explain_export
 
+    atol, rtol = tolerance
     try:
         if stage == "torch-deployed":
-            found = explain_deploy(original, deployed, records, arrays, opts.rtol, opts.atol)
+            found = explain_deploy(original, deployed, records, arrays, rtol, atol)
         else:
             def run_graph(path: str, feeds: dict) -> list:
                 if stage.startswith("onnx-"):
@@ -159,7 +184,7 @@ def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, 
                     return runner.run(feeds)
 
             kw = dict(export_kw, simplifier="none" if stage == "onnx-exported" else export_kw["simplifier"])
-            found = explain_export(deployed, records, arrays, names, n_outputs, run_graph, workdir, stage, opts.rtol, opts.atol, kw)
+            found = explain_export(deployed, records, arrays, names, n_outputs, run_graph, workdir, stage, rtol, atol, kw)
     except Exception as e:  # noqa: BLE001 - the diagnosis must never hide the result it explains
         return {"stage": stage, "error": f"could not localise: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     result = found.as_dict()
@@ -168,6 +193,38 @@ def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, 
         result["note"] = (f"every submodule agrees; the difference arises in the top-level forward of {type(original).__name__} "
                           "(its own code, outside any submodule)") if stage_failed else "every watched module agrees"
     return result
+
+
+def _repair_fp16(rt: str, runner, result, artifacts, onnx_path, workdir, input_sets, refs, runner_opts: RunnerOptions,
+                 opts: ExportOptions, explain: Callable[[str, RunnerOptions, tuple[float, float]], dict]):
+    """Move the module the attribution blames back to fp32, rebuild, recheck; until parity holds, the
+    attribution finds no new module, or MAX_KEPT_FP32 modules are kept. Returns the final runner,
+    result and artifacts, and the modules kept with why."""
+    kept: list[dict] = []
+    while not result.passed and result.error is None and len(kept) < MAX_KEPT_FP32:
+        ropts = replace(runner_opts, keep_fp32=tuple(k["module"] for k in kept))
+        found = explain(rt, ropts, (result.atol, result.rtol))
+        # the first module over the tolerance that is not fp32 already: a kept module's own taps can still
+        # read inf (its fp32 output is cast to fp16 for the next node), and a value out of fp16's range
+        # overflows again in the module after it, which is then kept too, until the values are back in range
+        checked = found.get("checked", [])
+        still = [c for c in checked if c["module"] in ropts.keep_fp32 and c["max_rel_err"] > result.rtol]
+        if still:  # wrong in fp32 too: not a precision problem, and keeping more in fp32 will not fix it
+            for k in kept:
+                if k["module"] == still[0]["module"]:
+                    k["reason"] += f"; still off in fp32 ({still[0]['max_rel_err']:.3g}): not a precision problem"
+            break
+        over = [c for c in checked if c["max_rel_err"] > result.rtol
+                and not any(c["module"] == k or c["module"].startswith(k + ".") for k in ropts.keep_fp32)]
+        if not over:
+            break
+        module, err = over[0]["module"], over[0]["max_rel_err"]
+        kept.append({"module": module, "type": over[0]["type"], "form": over[0]["form"], "max_rel_err": err,
+                     "reason": "overflow (inf/NaN)" if err == float("inf") else f"error above the {result.precision} tolerance"})
+        runner.close()
+        runner = make_runner(rt, replace(runner_opts, keep_fp32=tuple(k["module"] for k in kept)))
+        result, artifacts = check_runner(rt, runner, onnx_path, workdir, input_sets, refs, opts.atol, opts.rtol)
+    return runner, result, artifacts, kept
 
 
 def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
@@ -195,9 +252,13 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     model = model.eval()
     seeds = list(range(opts.parity_seeds))
     parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in seeds]
-    if opts.dynamic_batch:  # prove the batch is not baked in: the same graph at another batch size
-        other = 3 if batch != 3 else 2
-        parity_sets.append((f"batch{other}", random_inputs(specs, 100, batch=other)))
+    brange = batch_range(opts, batch)
+    if brange:  # prove the batch is not baked in: the same graph over the range (min, opt, max), and an odd batch in it
+        lo, _, hi = brange
+        if not lo <= batch <= hi:
+            raise BadInput(f"the example batch {batch} is outside the batch range {lo}..{hi}")
+        for b in sorted((set(brange) | ({3} if lo < 3 < hi else set())) - {batch}):
+            parity_sets.append((f"batch{b}", random_inputs(specs, 100 + b, batch=b)))
     with step("reference outputs (PyTorch)"):
         refs = {label: _run_reference(model, arrays, specs) for label, arrays in parity_sets}
     n_outputs = len(next(iter(refs.values())))
@@ -215,7 +276,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                 exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
             report.layers = [r.as_dict() for r in records]
             report.form_choices = ranker.choices if ranker else []
-            check = ParityCheck("torch-deployed", opts.atol, opts.rtol)
+            check = ParityCheck("torch-deployed", *opts.fp32_tolerances)
             for label, arrays in parity_sets:
                 check.add(label, refs[label], _run_reference(exported, arrays, specs))
             report.parity["torch-deployed"] = check.result.as_dict()
@@ -234,7 +295,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                 for stage, path in (("onnx-exported", raw_path), ("onnx-simplified", onnx_path)):
                     report.parity[stage] = _graph_parity(stage, path, input_sets, refs, opts).as_dict()
 
-        runner_opts = RunnerOptions(opts.threads, opts.device, batch_range=opts.batch_range, workspace_mb=opts.workspace_mb)
+        runner_opts = RunnerOptions(opts.threads, opts.device, fp16=opts.fp16, batch_range=brange, workspace_mb=opts.workspace_mb)
         latency_fns: dict[str, Callable[[], object]] = {}
         bench_feeds = dict(zip(names, parity_sets[0][1]))
         torch_runner = TorchRunner(model, names, runner_opts)
@@ -244,20 +305,34 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         for rt in runtime_names:
             with step(f"{rt}: load, check parity"):
                 runner = make_runner(rt, runner_opts)
-                runners.append(runner)
                 result, artifacts = check_runner(rt, runner, onnx_path, tmp, input_sets, refs, opts.atol, opts.rtol)
-                report.artifacts.update({key: os.path.relpath(path, tmp) for key, path in artifacts.items()})
-                report.parity[rt] = result.as_dict()
-                report.runtimes[rt] = runner.describe()
-                if result.error is None:
-                    latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
+            if opts.fp16:
+                kept: list[dict] = []
+                fp32_graph_ok = report.parity.get("onnx-simplified", {}).get("passed", True)  # else not a precision problem
+                if not result.passed and result.error is None and runner.keeps_fp32_modules and fp32_graph_ok:
+                    with step(f"{rt}: keep the modules that fail in {result.precision} in fp32"):
+                        runner, result, artifacts, kept = _repair_fp16(
+                            rt, runner, result, artifacts, onnx_path, tmp, input_sets, refs, runner_opts, opts,
+                            lambda stage, ropts, tol: _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts,
+                                                              export_kw, diag, ropts, lambda k: False, tol))
+                report.precision[rt] = {"asked": "fp16", "ran": result.precision, "kept_fp32": kept}
+                if not runner.keeps_fp32_modules:
+                    report.precision[rt]["note"] = f"none: {rt} offers no per-layer precision control here"
+            runners.append(runner)
+            report.artifacts.update({key: os.path.relpath(path, tmp) for key, path in artifacts.items()})
+            report.parity[rt] = result.as_dict()
+            report.runtimes[rt] = runner.describe()
+            if result.error is None:
+                latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
         failed = [k for k, p in report.parity.items() if not p["passed"]]
         report.first_failing_stage = failed[0] if failed else None
         if failed or opts.explain:
             stage = failed[0] if failed else (runtime_names[-1] if runtime_names else "onnx-simplified")
             with step(f"locate the first diverging layer ({stage})"):
+                kept_here = tuple(k["module"] for k in report.precision.get(stage, {}).get("kept_fp32", []))
                 report.explain = _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts, export_kw,
-                                          diag, runner_opts, lambda k: report.parity[k]["passed"])
+                                          diag, replace(runner_opts, keep_fp32=kept_here), lambda k: report.parity[k]["passed"],
+                                          (report.parity[stage]["atol"], report.parity[stage]["rtol"]))
         if opts.bench:
             for rt, fn in latency_fns.items():
                 with step(f"latency: {rt}"):
@@ -276,7 +351,8 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             from .bundle import write_bundle
 
             write_bundle(os.path.join(tmp, "bundle"), onnx_path, report.inputs, output_names(n_outputs), parity_sets, refs,
-                         opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model)
+                         opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model,
+                         sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])}))
         _commit_out(tmp, opts.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

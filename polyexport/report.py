@@ -22,6 +22,7 @@ class Report:
     form_choices: list[dict] = field(default_factory=list)  # per layer: each form's measured latency and the choice
     first_failing_stage: str | None = None  # the first rung of the ladder that failed
     explain: dict | None = None  # the first diverging module at that stage (explain.py)
+    precision: dict[str, dict] = field(default_factory=dict)  # with --fp16, per runtime: asked, ran, modules kept in fp32
 
     @property
     def passed(self) -> bool:
@@ -37,6 +38,7 @@ class Report:
             "artifacts": self.artifacts, "versions": self.versions, "runtimes": self.runtimes,
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
             "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
+            "precision": self.precision,
         }
 
     def to_json(self) -> str:
@@ -52,10 +54,22 @@ class Report:
                   f"{ex.get('simplifier')}, {'dynamic' if ex.get('dynamic_batch') else 'static'} batch, "
                   f"{ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s.", ""]
         if self.parity:
-            lines += ["## Parity with PyTorch", "", "| stage / runtime | max abs err | max err / scale | cosine | comparisons | passed |", "|---|---|---|---|---|---|"]
+            lines += ["## Parity with PyTorch", "",
+                      "| stage / runtime | precision | max abs err | max err / scale | cosine | top-1 / top-5 agree | comparisons | atol, rtol | passed |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for k, p in self.parity.items():
-                lines.append(f"| {k} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {p['cosine']:.9f} | {p.get('comparisons', '')} | {'yes' if p['passed'] else '**no**'} |")
-            lines += ["", f"Tolerance: max abs err ≤ atol + rtol·max|ref| (atol {next(iter(self.parity.values()))['atol']:g}, rtol {next(iter(self.parity.values()))['rtol']:g}).", ""]
+                topk = f"{p['top1_agreement']:.1%} / {p['top5_agreement']:.1%} of {p['topk_samples']}" if p.get("topk_samples") else "-"
+                lines.append(f"| {k} | {p.get('precision', 'fp32')} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {p['cosine']:.9f} | {topk} | "
+                             f"{p.get('comparisons', '')} | {p['atol']:g}, {p['rtol']:g} | {'yes' if p['passed'] else '**no**'} |")
+            lines += ["", "Passes when max abs err ≤ atol + rtol·max|ref| for every output of every input batch; the tolerance follows "
+                      "the precision the runtime ran (polyexport/precision.py). Top-k agreement: rows of (N, C) outputs whose top-1 class "
+                      "/ set of top-5 classes equal PyTorch's.", ""]
+        if self.precision:
+            lines += ["## Precision", "", "| runtime | asked | ran | modules kept in fp32 |", "|---|---|---|---|"]
+            for k, d in self.precision.items():
+                kept = "; ".join(f"`{m['module']}` ({m['type']}: {m['reason']}, error / scale {m['max_rel_err']:.3g})" for m in d.get("kept_fp32", []))
+                lines.append(f"| {k} | {d['asked']} | {d['ran']} | {kept or d.get('note', 'none')} |")
+            lines.append("")
         if self.explain:
             e = self.explain
             lines += ["## Where it diverges", ""]

@@ -17,7 +17,8 @@ import numpy as np
 class RunnerOptions:
     threads: int | None = None  # None: one per physical core
     device: str = "cpu"
-    fp16: bool = False
+    fp16: bool = False  # reduced precision where the runtime has it (the runner reports what ran)
+    keep_fp32: tuple[str, ...] = ()  # modules (PyTorch names) kept in fp32 under fp16, where the runtime allows it
     batch_range: tuple[int, int, int] | None = None  # TensorRT optimization profile (min, opt, max)
     workspace_mb: int = 1024  # TensorRT builder workspace
 
@@ -35,6 +36,7 @@ def default_threads() -> int:
 
 class Runner(ABC):
     name: str = "runner"
+    keeps_fp32_modules: bool = False  # honours RunnerOptions.keep_fp32 under fp16
 
     def __init__(self, options: RunnerOptions | None = None):
         self.options = options or RunnerOptions()

@@ -2,7 +2,11 @@
 
 Compiled with the LATENCY hint and f32 inference precision (OpenVINO's CPU plugin would otherwise
 pick bf16 on CPUs that have it), unless fp16 is asked. The IR is saved uncompressed: ov.save_model
-compresses weights to fp16 by default, which would change the numbers.
+compresses weights to fp16 by default, which would change the numbers. With fp16 the IR holds fp16
+weights and the f16 hint is set; the CPU plugin runs bf16 instead where the CPU has bf16 and no fp16
+units, and `describe` reports the precision that was compiled. Keeping chosen layers in fp32 is not
+offered here: marking nodes with the `disable_fp16_compression` runtime info had no measured effect
+on the CPU plugin's bf16 execution (OpenVINO 2026.4), so the report says so rather than pretend.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ class OpenVinoRunner(Runner):
         artifacts = {}
         if self.save_ir:  # named after the ONNX file: several models may share a folder (an IR may be memory-mapped)
             xml = os.path.join(workdir, os.path.splitext(os.path.basename(onnx_path))[0] + ".xml")
-            ov.save_model(model, xml, compress_to_fp16=False)
+            ov.save_model(model, xml, compress_to_fp16=self.options.fp16)
             artifacts = {"openvino_xml": xml, "openvino_bin": xml[:-4] + ".bin"}
             model = core.read_model(xml)
         config = {
@@ -73,6 +77,8 @@ class OpenVinoRunner(Runner):
             "precision": _type_name(get("INFERENCE_PRECISION_HINT")),
             "performance_hint": str(get("PERFORMANCE_HINT")),
             "streams": get("NUM_STREAMS"),
+            **({"kept_fp32": "not supported on OpenVINO (no per-layer precision control that takes effect)"}
+               if self.options.fp16 and self.options.keep_fp32 else {}),
         }
 
     def close(self) -> None:

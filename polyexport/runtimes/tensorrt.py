@@ -156,6 +156,7 @@ def gpu_name() -> str:
 
 class TensorRTRunner(Runner):
     name = "tensorrt"
+    keeps_fp32_modules = True
 
     def __init__(self, options: RunnerOptions | None = None):
         super().__init__(options)
@@ -190,6 +191,22 @@ class TensorRTRunner(Runner):
             out.append(f"node '{name}' ({op}): {e.desc()}")
         return out
 
+    def _keep_fp32(self, network) -> int:
+        """Pin the layers of the modules in options.keep_fp32 to fp32 (the parser names each layer after
+        its ONNX node, whose name carries the module's scope: precision.scope_prefixes)."""
+        from ..precision import scope_prefixes
+
+        prefixes = tuple(p for m in self.options.keep_fp32 for p in scope_prefixes(m))
+        kept = 0
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.name.startswith(prefixes):
+                layer.precision = self.trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, self.trt.float32)
+                kept += 1
+        return kept
+
     def load(self, onnx_path: str, workdir: str) -> dict[str, str]:
         trt = self.trt
         self.buffers = _Buffers()
@@ -199,6 +216,9 @@ class TensorRTRunner(Runner):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.options.workspace_mb << 20)
         if self.options.fp16:
             config.set_flag(trt.BuilderFlag.FP16)
+            kept = self._keep_fp32(network) if self.options.keep_fp32 else 0
+            if kept:  # without this flag the builder may still pick fp16 kernels for the marked layers
+                config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         else:
             config.clear_flag(trt.BuilderFlag.TF32)
         cache_path = os.path.join(workdir, "timing.cache")
@@ -224,6 +244,7 @@ class TensorRTRunner(Runner):
         with open(cache_path, "wb") as f:
             f.write(config.get_timing_cache().serialize())
         meta = {"tensorrt": trt.__version__, "gpu": gpu_name(), "precision": "fp16" if self.options.fp16 else "fp32 (TF32 off)",
+                "kept_fp32": list(self.options.keep_fp32) if self.options.fp16 else [],
                 "batch_range": list(self.options.batch_range or (1, 1, 32)) if dynamic else None}
         with open(engine_path + ".json", "w") as f:
             json.dump(meta, f, indent=2)
