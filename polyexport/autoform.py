@@ -81,7 +81,7 @@ class FormTimer:
         except (OSError, ValueError):
             return {}
 
-    def _save(self) -> None:
+    def _save(self) -> None:  # also used by the pipeline for whole-model timings
         os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
         tmp = self.cache_path + f".{os.getpid()}.tmp"
         with open(tmp, "w") as f:
@@ -154,3 +154,35 @@ def _version(runtime: str) -> str:
         return md.version(runtime)
     except md.PackageNotFoundError:
         return "?"
+
+
+def time_whole_models(candidates: dict[str, nn.Module], args: tuple[torch.Tensor, ...], runtime: str, options: RunnerOptions,
+                      dynamic_batch: bool, repeats: int = 3, min_time_s: float = 0.1) -> dict[str, float]:
+    """p50 latency (ms) of each whole deployed model on `runtime`, exported as the pipeline exports it and
+    timed in turns; inf for one that fails to export or run. Per-layer timing misses what only the whole
+    graph shows (fusions across layers, memory layout changes between them), so the pipeline checks the
+    per-layer choice against each uniform assignment this way."""
+    names = [f"input_{i}" for i in range(len(args))]
+    feeds = {n: a.numpy() for n, a in zip(names, args)}
+    out: dict[str, float] = {}
+    fns, runners = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, module) in enumerate(candidates.items()):
+            try:
+                with torch.no_grad():
+                    n_out = len(flatten_outputs(module(*args)))
+                path = os.path.join(tmp, f"candidate{i}.onnx")
+                export_onnx(module, args, path, input_names=names, n_outputs=n_out, dynamic_batch=dynamic_batch)
+                runner = make_runner(runtime, options)
+                runner.load(path, tmp)
+                runners.append(runner)
+                runner.run(feeds)
+                fns[label] = (lambda r: lambda: r.run(feeds))(runner)
+            except Exception:  # noqa: BLE001 - a candidate that fails here is never chosen
+                out[label] = float("inf")
+        if fns:
+            stats = interleaved(fns, repeats=repeats, warmup=2, warmup_s=0.05, min_iters=5, min_time_s=min_time_s)
+            out.update({k: s.p50 for k, s in stats.items()})
+        for r in runners:
+            r.close()
+    return out

@@ -153,6 +153,61 @@ def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions)
     return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs, dynamic_batch=opts.dynamic_batch)
 
 
+def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker) -> dict[str, tuple]:
+    """Deployments with one form forced for every layer of a type (the others still timed per layer),
+    for each form that differs from what the per-layer timing chose somewhere; none the user forced."""
+    from .convert import registered_layers
+
+    entries = {t.__name__: e for t, e in registered_layers().items()}
+    chosen: dict[str, set[str]] = {}
+    for r in records:
+        if r.form not in ("folded", "absorbed", "reference") and r.type in entries:
+            chosen.setdefault(r.type, set()).add(r.form)
+    out = {}
+    snapshot = list(ranker.choices)
+    try:
+        for typ, forms in chosen.items():
+            if typ in opts.forms:
+                continue
+            for form in entries[typ].forms:
+                if forms == {form}:
+                    continue  # the per-layer choice is already this uniform assignment
+                try:
+                    out[f"{typ}={form}"] = convert(model, opts.target, {**opts.forms, typ: form}, opts.dynamic_batch, opts.strict, ranker=ranker)
+                except BadInput:  # the form is not exact (or not usable) for some layer of this model
+                    continue
+    finally:
+        ranker.choices[:] = snapshot  # the alternatives' lookups are not choices
+    return out
+
+
+def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, opts: ExportOptions, ranker):
+    """The fastest of the per-layer choice and the uniform alternatives, timed as whole graphs (autoform),
+    cached beside the per-layer timings under the candidates' (module, form) lists and input shapes."""
+    import hashlib
+    import json
+
+    from .autoform import time_whole_models
+
+    candidates = {"per-layer": exported, **{k: m for k, (m, _) in alternatives.items()}}
+    forms = {"per-layer": records, **{k: r for k, (_, r) in alternatives.items()}}
+    sig = json.dumps({k: [(r.name, r.form) for r in v] for k, v in forms.items()} | {"inputs": [list(a.shape) for a in arrays]}, sort_keys=True)
+    key = f"{ranker.context}|whole-model:{hashlib.sha256(sig.encode()).hexdigest()[:16]}"
+    timings = ranker.cache.get(key)
+    cached = timings is not None
+    if not cached:
+        timings = time_whole_models(candidates, to_torch(arrays), opts.target, RunnerOptions(opts.threads, opts.device), opts.dynamic_batch)
+        ranker.cache[key] = {k: (None if v == float("inf") else v) for k, v in timings.items()}
+        ranker._save()
+    timings = {k: (float("inf") if v is None else v) for k, v in timings.items()}
+    best = min(timings, key=timings.get)
+    entry = {"name": "(whole model)", "type": "whole model", "runtime": opts.target, "input": [list(a.shape) for a in arrays],
+             "timings_ms": {k: (None if v == float("inf") else v) for k, v in timings.items()}, "chosen": best, "cached": cached}
+    if best == "per-layer":
+        return exported, records, entry
+    return (*alternatives[best], entry)
+
+
 def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions):
     """A middle rung of the ladder: the graph itself on ONNX Runtime with its optimisations off."""
     from .runtimes.onnxruntime import OnnxRuntimeRunner
@@ -274,8 +329,14 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             label = f"deploy: time each exact form on {opts.target}, swap layers, fold BatchNorm" if ranker else "deploy: swap layers, fold BatchNorm"
             with step(label):
                 exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
+            report.form_choices = list(ranker.choices) if ranker else []
+            if ranker:
+                alternatives = _uniform_alternatives(model, records, opts, ranker)
+                if alternatives:
+                    with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} uniform form(s)"):
+                        exported, records, entry = _whole_model_choice(exported, records, alternatives, parity_sets[0][1], opts, ranker)
+                    report.form_choices.append(entry)
             report.layers = [r.as_dict() for r in records]
-            report.form_choices = ranker.choices if ranker else []
             check = ParityCheck("torch-deployed", *opts.fp32_tolerances)
             for label, arrays in parity_sets:
                 check.add(label, refs[label], _run_reference(exported, arrays, specs))

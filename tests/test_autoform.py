@@ -52,8 +52,18 @@ def test_cli_reports_every_choice_and_honours_forced_forms(tmp_path, monkeypatch
         main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--no-bench", "--threads", "1"])
     assert e.value.code == 0
     r = json.load(open(os.path.join(out, "report.json")))
-    assert [c["name"] for c in r["form_choices"]] == ["0", "3"]
+    *per_layer, whole = r["form_choices"]
+    assert [c["name"] for c in per_layer] == ["0", "3"] and whole["name"] == "(whole model)"
     assert "Form choices" in open(os.path.join(out, "report.md")).read()
+    # the per-layer choice was checked against each uniform assignment as whole graphs; the fastest is deployed
+    finite = {k: v for k, v in whole["timings_ms"].items() if v is not None}
+    assert "per-layer" in finite and len(finite) >= 2 and whole["chosen"] == min(finite, key=finite.get)
+    mix = [l["form"] for l in r["layers"] if l["type"] == "MixedConv2d"]
+    assert mix == ([c["chosen"] for c in per_layer] if whole["chosen"] == "per-layer" else [whole["chosen"].split("=")[1]] * 2)
+    with pytest.raises(SystemExit) as e:
+        main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--force", "--no-bench", "--threads", "1"])
+    again = json.load(open(os.path.join(out, "report.json")))["form_choices"][-1]
+    assert e.value.code == 0 and again["cached"] and again["timings_ms"] == whole["timings_ms"]
     with pytest.raises(SystemExit) as e:
         main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--force", "--no-bench", "--form", "MixedConv2d=split"])
     r = json.load(open(os.path.join(out, "report.json")))
