@@ -1,7 +1,8 @@
 """Whole-model latency: automatic form choice vs every single fixed form, per runtime (issue 7).
 
-For each zoo paper model, the research layers are deployed (a) with `auto` (each exact form timed
-per layer on that runtime, fastest chosen: polyexport/autoform.py) and (b) with each form forced
+For each zoo paper model, the research layers are deployed (a) with `auto`, exactly as the pipeline
+does it (each exact form timed per layer on that runtime, then that choice checked against each uniform
+assignment as whole graphs: pipeline.deploy_for) and (b) with each form forced
 for every layer of that type; the whole models are timed side by side (interleaved, medians).
 A forced form that cannot represent some layer of the model exactly is refused by the converter
 (it never approximates): that variant is left out, with the reason printed.
@@ -23,18 +24,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.convert import convert, registered_layers  # noqa: E402
-from polyexport.runtimes import RunnerOptions  # noqa: E402
+from polyexport.pipeline import ExportOptions, deploy_for  # noqa: E402
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, torch.nn.Module]:
     _, records = convert(model)
     types = sorted({r.type for r in records if r.form not in ("folded", "absorbed", "reference")})
     entries = {t.__name__: e for t, e in registered_layers().items()}
-    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache)
-    out = {"auto": convert(model, target=rt, ranker=timer)[0], "preferred": convert(model, target=rt)[0]}
+    os.environ["POLYEXPORT_CACHE"] = cache  # the pipeline's own automatic choice, with a fresh cache
+    auto, _, _ = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
+    out = {"auto": auto, "preferred": convert(model, target=rt)[0]}
     for t in types:
         for form in entries[t].forms:
             try:

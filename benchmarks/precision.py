@@ -83,7 +83,7 @@ def main() -> None:
             kept = ", ".join(k["module"] for k in d["kept_fp32"])
             cells += [f"{p['precision']}: {p['max_rel_err']:.2g} (rtol {p['rtol']:g}){'' if p['passed'] else ' **FAILED**'}"
                       + (f"; fp32 kept: {kept}" if kept else ""),
-                      f"{p.get('top1_agreement', float('nan')):.0%}", f"{lat[rt]:.2f}×" if rt in lat else "-"]
+                      f"{p['top1_agreement']:.0%}" if "top1_agreement" in p else "- (no class scores)", f"{lat[rt]:.2f}×" if rt in lat else "-"]
         rows.append([name, "×".join(map(str, shape)), *cells])
         print(f"{name}: " + " | ".join(cells), flush=True)
     header = ["model", "input"]

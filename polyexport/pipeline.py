@@ -208,6 +208,28 @@ def _whole_model_choice(exported, records, alternatives: dict[str, tuple], array
     return (*alternatives[best], entry)
 
 
+def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None):
+    """The deployment the pipeline exports: (deployed model, layer records, form choices).
+
+    With automatic choice, each layer's exact forms are timed on the target runtime (autoform.FormTimer),
+    then the per-layer choice is timed as a whole graph against each uniform form assignment and the
+    fastest is kept: what a layer alone shows is not always what the whole graph does.
+    """
+    step = progress or (lambda _msg: contextlib.nullcontext())
+    ranker = _form_timer(model, arrays, opts)
+    label = f"deploy: time each exact form on {opts.target}, swap layers, fold BatchNorm" if ranker else "deploy: swap layers, fold BatchNorm"
+    with step(label):
+        exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
+    choices = list(ranker.choices) if ranker else []
+    if ranker:
+        alternatives = _uniform_alternatives(model, records, opts, ranker)
+        if alternatives:
+            with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} uniform form(s)"):
+                exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, opts, ranker)
+            choices.append(entry)
+    return exported, records, choices
+
+
 def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions):
     """A middle rung of the ladder: the graph itself on ONNX Runtime with its optimisations off."""
     from .runtimes.onnxruntime import OnnxRuntimeRunner
@@ -325,17 +347,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     try:
         exported, records = model, []
         if opts.deploy:
-            ranker = _form_timer(model, parity_sets[0][1], opts)
-            label = f"deploy: time each exact form on {opts.target}, swap layers, fold BatchNorm" if ranker else "deploy: swap layers, fold BatchNorm"
-            with step(label):
-                exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
-            report.form_choices = list(ranker.choices) if ranker else []
-            if ranker:
-                alternatives = _uniform_alternatives(model, records, opts, ranker)
-                if alternatives:
-                    with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} uniform form(s)"):
-                        exported, records, entry = _whole_model_choice(exported, records, alternatives, parity_sets[0][1], opts, ranker)
-                    report.form_choices.append(entry)
+            exported, records, report.form_choices = deploy_for(model, parity_sets[0][1], opts, step)
             report.layers = [r.as_dict() for r in records]
             check = ParityCheck("torch-deployed", *opts.fp32_tolerances)
             for label, arrays in parity_sets:
