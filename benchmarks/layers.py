@@ -78,7 +78,7 @@ def to_markdown(rows: list[dict]) -> str:
 #: issue 3 (static layers) and issue 4 (input-dependent kernels): the fastest form's latency must be
 #: within this factor of (plain conv latency × the layer's FLOPs ratio to the plain conv)
 BOUND_STATIC, BOUND_DYNAMIC = 1.25, 1.3
-DYNAMIC = {"Dynamic_conv2d", "CondConv2d", "conv_dy", "conv_basic_dy", "DYModule", "DRConv2d"}
+DYNAMIC = {"Dynamic_conv2d", "CondConv2d", "conv_dy", "conv_basic_dy", "DYModule", "DRConv2d", "DRConv"}
 
 
 def criteria(rows: list[dict]) -> str:

@@ -1,0 +1,57 @@
+"""The authors' DRConv (megvii-research) at the shapes of the paper's DR ShuffleNetV2-0.5× at 224×224 (1×1,
+8 regions, 8 bases), plus one 3×3 layer; yardstick: the plain conv of the same shape.
+
+Each module is the layer in its context: a 1×1 masknet → softmax → argmax feeding it the mask, as in the
+paper's unit (the masknet costs 8/out of the conv). The reference is exported as it is (our PyTorch
+re-creation of the CUDA op: a per-pixel kernel gather + einsum).
+
+    python benchmarks/layers.py --only drconv_megvii
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from polyexport.deploy_layers.drconv_megvii import exact_for_prescaled, to_deploy
+from polyexport.layers.drconv_megvii import DRConv
+from polyexport.testing import randomize_
+
+from . import BenchCase
+
+NOTES = {
+    "basis": "dynamic batch, constant conv weights; one conv with num_W·out outputs + per-pixel mixing, ≈ num_W× conv FLOPs",
+    "candidates": "dynamic batch, constant conv weights; kernels = routing @ bank, im2col + batched MatMul (G candidates), one-hot",
+    "prescaled": "1×1 only; dynamic batch; input scaled per basis, one constant 1×1 conv over num_W·in, ≈ num_W× conv FLOPs",
+}
+
+#: (in, out, k, stride, hw): the model's DRConv shapes at 224 (strided units' conva_right at the unit's input size)
+SHAPES = [(24, 24, 1, 1, 56), (24, 24, 1, 1, 28), (48, 48, 1, 1, 28), (48, 48, 1, 1, 14), (96, 96, 1, 1, 14),
+          (96, 96, 1, 1, 7), (64, 64, 3, 1, 28)]
+
+
+class Guided(nn.Module):
+    """masknet → softmax → argmax, then the layer (reference or a deploy form) with that mask."""
+
+    def __init__(self, masknet: nn.Conv2d, layer: nn.Module) -> None:
+        super().__init__()
+        self.masknet, self.layer = masknet, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.softmax(self.masknet(x), 1)
+        return self.layer(x, alpha.argmax(1), alpha)
+
+
+def cases() -> list[BenchCase]:
+    out = []
+    for cin, cout, k, s, hw in SHAPES:
+        ref = randomize_(DRConv(cin, cout, k, s, k // 2, bias=False))
+        with torch.no_grad():
+            ref.routing_fc.weight.mul_(5.0)
+        masknet = randomize_(nn.Conv2d(cin, ref.groups_num, 1, bias=False))
+        forms = {f: Guided(masknet, to_deploy(ref, f)) for f in NOTES if f != "prescaled" or exact_for_prescaled(ref) is None}
+        out.append(BenchCase(
+            layer="DRConv", config=f"c{cin}→{cout} k{k} s{s} G8 W8 @{hw}x{hw}", input_shape=(1, cin, hw, hw),
+            reference=Guided(masknet, ref).eval(), forms=forms,
+            yardstick=randomize_(nn.Conv2d(cin, cout, k, s, k // 2, bias=False)), notes=dict(NOTES),
+        ))
+    return out
