@@ -168,6 +168,8 @@ def time_whole_models(candidates: dict[str, nn.Module], args: tuple[torch.Tensor
     per-layer choice against each uniform assignment this way."""
     names = [f"input_{i}" for i in range(len(args))]
     feeds = {n: a.numpy() for n, a in zip(names, args)}
+    with torch.no_grad():  # every candidate is exact; a graph that disagrees with the first anyway is never chosen
+        want = [t.numpy() for t in flatten_outputs(next(iter(candidates.values()))(*args))]
     out: dict[str, float] = {}
     fns, runners = {}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +182,9 @@ def time_whole_models(candidates: dict[str, nn.Module], args: tuple[torch.Tensor
                 runner = make_runner(runtime, options)
                 runner.load(path, tmp)
                 runners.append(runner)
-                runner.run(feeds)
+                got = runner.run(feeds)
+                if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
+                    raise ValueError("does not match the PyTorch model on this runtime")
                 fns[label] = (lambda r: lambda: r.run(feeds))(runner)
             except Exception:  # noqa: BLE001 - a candidate that fails here is never chosen
                 out[label] = float("inf")

@@ -169,9 +169,12 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
         for typ, forms in chosen.items():
             if typ in opts.forms:
                 continue
+            timed = [c["timings_ms"] for c in snapshot if c["type"] == typ]
             for form in entries[typ].forms:
                 if forms == {form}:
                     continue  # the per-layer choice is already this uniform assignment
+                if not timed or any(t.get(form) is None for t in timed):
+                    continue  # failed (or was not timed) on this runtime for some layer: never a candidate
                 try:
                     out[f"{typ}={form}"] = convert(model, opts.target, {**opts.forms, typ: form}, opts.dynamic_batch, opts.strict, ranker=ranker)
                 except BadInput:  # the form is not exact (or not usable) for some layer of this model
