@@ -161,7 +161,7 @@ def _version(runtime: str) -> str:
 
 
 def time_whole_models(candidates: dict[str, nn.Module], args: tuple[torch.Tensor, ...], runtime: str, options: RunnerOptions,
-                      dynamic_batch: bool, repeats: int = 3, min_time_s: float = 0.1) -> dict[str, float]:
+                      dynamic_batch: bool, repeats: int = 5, min_time_s: float = 0.2) -> dict[str, float]:
     """p50 latency (ms) of each whole deployed model on `runtime`, exported as the pipeline exports it and
     timed in turns; inf for one that fails to export or run. Per-layer timing misses what only the whole
     graph shows (fusions across layers, memory layout changes between them), so the pipeline checks the
