@@ -5,6 +5,8 @@ Done in float64 so that folding adds no rounding beyond the final cast to the we
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -40,3 +42,23 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         fused.weight.copy_(w)
         fused.bias.copy_(b)
     return fused
+
+
+class ScaleThenBias:
+    """fuse_bn for a deploy module whose output is linear in weights that `_scale_out(s)` scales per output
+    channel (in place, on a copy), followed by its `bias` buffer (None or per channel): bn(y) = s·y + t."""
+
+    bias: torch.Tensor | None
+
+    def _scale_out(self, s: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def fuse_bn(self, bn: nn.BatchNorm2d) -> nn.Module:
+        if bn.running_mean is None:
+            raise ValueError("BatchNorm without running statistics cannot be folded")
+        s, t = bn_scale_shift(bn)
+        new = copy.deepcopy(self)
+        new._scale_out(s)
+        b = t if self.bias is None else s * self.bias.double() + t
+        new.bias = b.detach().to(bn.running_mean.dtype)
+        return new

@@ -29,7 +29,7 @@ from torch.nn.modules.utils import _pair
 
 from ..convert import Form, register_layer
 from ..layers.drconv import DRConv2d
-from .conv_bn import bn_scale_shift
+from .conv_bn import ScaleThenBias
 from .dcd import adaptive_avg_pool
 
 FORMS = ("unfold", "basis", "grouped_conv")
@@ -63,7 +63,7 @@ def shifted(x: torch.Tensor, k: int, stride: tuple[int, int], padding: tuple[int
             for u in range(k) for v in range(k)]
 
 
-class _DRConvDeploy(nn.Module):
+class _DRConvDeploy(ScaleThenBias, nn.Module):
     """Shared parts: the guide, the sigmoid features, the one-hot selection and a folded BN."""
 
     def __init__(self, ref: DRConv2d) -> None:
@@ -97,15 +97,6 @@ class _DRConvDeploy(nn.Module):
     def _scale_out(self, s: torch.Tensor) -> None:
         """Scale every candidate's output channel o by s[o] (in place, on a copy)."""
         raise NotImplementedError
-
-    def fuse_bn(self, bn: nn.BatchNorm2d) -> nn.Module:
-        """bn(Σ_g onehot_g·cand_g) = Σ_g onehot_g·(s·cand_g) + t, since the one-hot sums to 1."""
-        s, t = bn_scale_shift(bn)
-        new = copy.deepcopy(self)
-        new._scale_out(s)
-        b = t if self.bias is None else s * self.bias.double() + t
-        new.bias = b.detach().to(bn.running_mean.dtype)
-        return new
 
 
 class DRConvUnfold(_DRConvDeploy):

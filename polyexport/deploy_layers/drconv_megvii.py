@@ -41,7 +41,7 @@ from torch import nn
 
 from ..convert import Form, register_layer
 from ..layers.drconv_megvii import DRConv
-from .conv_bn import bn_scale_shift
+from .conv_bn import ScaleThenBias
 from .drconv import shifted
 
 FORMS = ("basis", "candidates", "prescaled")
@@ -105,7 +105,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return _take(_take(mask, 1, rows), 2, cols)
 
 
-class _DRConvDeploy(nn.Module):
+class _DRConvDeploy(ScaleThenBias, nn.Module):
     """Shared parts: geometry, routing coefficients, the (resized) one-hot mask and the bias."""
 
     def __init__(self, ref: DRConv) -> None:
@@ -148,17 +148,6 @@ class _DRConvDeploy(nn.Module):
     def _scale_out(self, s: torch.Tensor) -> None:
         """Scale every kernel's output channel o by s[o] (in place, on a copy)."""
         raise NotImplementedError
-
-    def fuse_bn(self, bn: nn.BatchNorm2d) -> nn.Module:
-        """bn(out) = s·out + t: the bank's rows of channel o scaled by s[o], bias = s·bias + t (a new module)."""
-        if bn.running_mean is None:
-            raise ValueError("BatchNorm without running statistics cannot be folded")
-        s, t = bn_scale_shift(bn)
-        new = copy.deepcopy(self)
-        new._scale_out(s)
-        b = t if self.bias is None else s * self.bias.double() + t
-        new.bias = b.detach().to(bn.running_mean.dtype)
-        return new
 
 
 class DRConvBasis(_DRConvDeploy):
