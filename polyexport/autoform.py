@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+from typing import Callable
 
 import onnx
 import torch
@@ -82,7 +83,7 @@ class FormTimer:
         except (OSError, ValueError):
             return {}
 
-    def _save(self) -> None:  # also used by the pipeline for whole-model timings
+    def _save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
         tmp = self.cache_path + f".{os.getpid()}.tmp"
         with open(tmp, "w") as f:
@@ -114,36 +115,68 @@ class FormTimer:
     def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form]) -> dict[str, float]:
         """Each form's latency; inf for a form that fails to export, to run, or to match the reference
         layer on this runtime at this input (so a form that is wrong here is never chosen)."""
-        names = [f"input_{i}" for i in range(len(args))]
-        feeds = {n: a.numpy() for n, a in zip(names, args)}
         with torch.no_grad():
             want = [t.numpy() for t in flatten_outputs(ref(*args))]
-        fns, out, runners = {}, {}, []
-        with tempfile.TemporaryDirectory() as tmp:
-            for form in forms:
-                try:
-                    with torch.no_grad():
-                        module = form.build(ref).eval()
-                    path = os.path.join(tmp, f"{form.name}.onnx")
-                    export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=self.dynamic_batch)
-                    runner = make_runner(self.runtime, self.options)
-                    runner.load(path, tmp)
-                    runners.append(runner)
-                    # an input the form does not use (DRConv's Alpha, only there for gradients) is dropped by the exporter
-                    graph_inputs = {i.name for i in onnx.load(path, load_external_data=False).graph.input}
-                    form_feeds = {k: v for k, v in feeds.items() if k in graph_inputs}
-                    got = runner.run(form_feeds)
-                    if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
-                        raise ValueError("does not match the reference layer on this runtime")
-                    fns[form.name] = (lambda r, f: lambda: r.run(f))(runner, form_feeds)
-                except Exception:  # noqa: BLE001 - a form that fails here is never the fastest
-                    out[form.name] = float("inf")
-            if fns:
-                stats = interleaved(fns, repeats=self.repeats, warmup=2, warmup_s=0.02, min_iters=5, min_time_s=self.min_time_s)
-                out.update({k: s.p50 for k, s in stats.items()})
-            for r in runners:
-                r.close()
-        return out
+        builds = {f.name: (lambda f: lambda: f.build(ref).eval())(f) for f in forms}
+        return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
+                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s)
+
+    def whole_models(self, candidates: dict[str, tuple[nn.Module, list]], args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
+        """p50 latency (ms, None where it failed) of each whole deployed model, candidates given as
+        (model, layer records), and whether it came from the cache (keyed by every candidate's
+        (module, form) list and the input shapes). Per-layer timing misses what only the whole graph
+        shows (fusions across layers, layout changes between them), so the pipeline checks the per-layer
+        choice against each uniform assignment this way. Every candidate is exact; one whose graph still
+        disagrees with the first's PyTorch output on this runtime is never chosen."""
+        sig = json.dumps({k: [(r.name, r.form) for r in recs] for k, (_, recs) in candidates.items()}
+                         | {"inputs": [list(a.shape) for a in args]}, sort_keys=True)
+        key = f"{self.context}|whole-model:{hashlib.sha256(sig.encode()).hexdigest()[:16]}"
+        if key in self.cache:
+            return dict(self.cache[key]), True
+        with torch.no_grad():
+            want = [t.numpy() for t in flatten_outputs(next(iter(candidates.values()))[0](*args))]
+        builds = {k: (lambda m: lambda: m)(m) for k, (m, _) in candidates.items()}
+        timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
+                                repeats=5, warmup_s=0.05, min_time_s=0.2)
+        self.cache[key] = {k: _finite(v) for k, v in timings.items()}
+        self._save()
+        return dict(self.cache[key]), False
+
+
+def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
+                  runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
+                  min_time_s: float) -> dict[str, float]:
+    """Export each built module as the pipeline exports it, run it on `runtime`, check it against `want`,
+    and time those that match in turns: p50 ms each, inf where building, exporting, running or matching
+    failed."""
+    names = [f"input_{i}" for i in range(len(args))]
+    feeds = {n: a.numpy() for n, a in zip(names, args)}
+    fns, out, runners = {}, {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, build) in enumerate(builds.items()):
+            try:
+                with torch.no_grad():
+                    module = build()
+                path = os.path.join(tmp, f"candidate{i}.onnx")
+                export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch)
+                runner = make_runner(runtime, options)
+                runner.load(path, tmp)
+                runners.append(runner)
+                # an input the module does not use (DRConv's Alpha, only there for gradients) is dropped by the exporter
+                graph_inputs = {x.name for x in onnx.load(path, load_external_data=False).graph.input}
+                these = {k: v for k, v in feeds.items() if k in graph_inputs}
+                got = runner.run(these)
+                if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
+                    raise ValueError("does not match the reference on this runtime")
+                fns[label] = (lambda r, f: lambda: r.run(f))(runner, these)
+            except Exception:  # noqa: BLE001 - a candidate that fails here is never the fastest
+                out[label] = float("inf")
+        if fns:
+            stats = interleaved(fns, repeats=repeats, warmup=2, warmup_s=warmup_s, min_iters=5, min_time_s=min_time_s)
+            out.update({k: s.p50 for k, s in stats.items()})
+        for r in runners:
+            r.close()
+    return out
 
 
 def _finite(ms: float | None) -> float | None:
@@ -159,38 +192,3 @@ def _version(runtime: str) -> str:
     except md.PackageNotFoundError:
         return "?"
 
-
-def time_whole_models(candidates: dict[str, nn.Module], args: tuple[torch.Tensor, ...], runtime: str, options: RunnerOptions,
-                      dynamic_batch: bool, repeats: int = 5, min_time_s: float = 0.2) -> dict[str, float]:
-    """p50 latency (ms) of each whole deployed model on `runtime`, exported as the pipeline exports it and
-    timed in turns; inf for one that fails to export or run. Per-layer timing misses what only the whole
-    graph shows (fusions across layers, memory layout changes between them), so the pipeline checks the
-    per-layer choice against each uniform assignment this way."""
-    names = [f"input_{i}" for i in range(len(args))]
-    feeds = {n: a.numpy() for n, a in zip(names, args)}
-    with torch.no_grad():  # every candidate is exact; a graph that disagrees with the first anyway is never chosen
-        want = [t.numpy() for t in flatten_outputs(next(iter(candidates.values()))(*args))]
-    out: dict[str, float] = {}
-    fns, runners = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, module) in enumerate(candidates.items()):
-            try:
-                with torch.no_grad():
-                    n_out = len(flatten_outputs(module(*args)))
-                path = os.path.join(tmp, f"candidate{i}.onnx")
-                export_onnx(module, args, path, input_names=names, n_outputs=n_out, dynamic_batch=dynamic_batch)
-                runner = make_runner(runtime, options)
-                runner.load(path, tmp)
-                runners.append(runner)
-                got = runner.run(feeds)
-                if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
-                    raise ValueError("does not match the PyTorch model on this runtime")
-                fns[label] = (lambda r: lambda: r.run(feeds))(runner)
-            except Exception:  # noqa: BLE001 - a candidate that fails here is never chosen
-                out[label] = float("inf")
-        if fns:
-            stats = interleaved(fns, repeats=repeats, warmup=2, warmup_s=0.05, min_iters=5, min_time_s=min_time_s)
-            out.update({k: s.p50 for k, s in stats.items()})
-        for r in runners:
-            r.close()
-    return out

@@ -184,31 +184,14 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
     return out
 
 
-def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, opts: ExportOptions, ranker):
-    """The fastest of the per-layer choice and the uniform alternatives, timed as whole graphs (autoform),
-    cached beside the per-layer timings under the candidates' (module, form) lists and input shapes."""
-    import hashlib
-    import json
-
-    from .autoform import time_whole_models
-
-    candidates = {"per-layer": exported, **{k: m for k, (m, _) in alternatives.items()}}
-    forms = {"per-layer": records, **{k: r for k, (_, r) in alternatives.items()}}
-    sig = json.dumps({k: [(r.name, r.form) for r in v] for k, v in forms.items()} | {"inputs": [list(a.shape) for a in arrays]}, sort_keys=True)
-    key = f"{ranker.context}|whole-model:{hashlib.sha256(sig.encode()).hexdigest()[:16]}"
-    timings = ranker.cache.get(key)
-    cached = timings is not None
-    if not cached:
-        timings = time_whole_models(candidates, to_torch(arrays), opts.target, RunnerOptions(opts.threads, opts.device), opts.dynamic_batch)
-        ranker.cache[key] = {k: (None if v == float("inf") else v) for k, v in timings.items()}
-        ranker._save()
-    timings = {k: (float("inf") if v is None else v) for k, v in timings.items()}
-    best = min(timings, key=timings.get)
-    entry = {"name": "(whole model)", "type": "whole model", "runtime": opts.target, "input": [list(a.shape) for a in arrays],
-             "timings_ms": {k: (None if v == float("inf") else v) for k, v in timings.items()}, "chosen": best, "cached": cached}
-    if best == "per-layer":
-        return exported, records, entry
-    return (*alternatives[best], entry)
+def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, ranker):
+    """The fastest of the per-layer choice and the uniform alternatives, timed as whole graphs (FormTimer.whole_models)."""
+    candidates = {"per-layer": (exported, records), **alternatives}
+    timings, cached = ranker.whole_models(candidates, to_torch(arrays))
+    best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
+    entry = {"name": "(whole model)", "type": "whole model", "runtime": ranker.runtime, "input": [list(a.shape) for a in arrays],
+             "timings_ms": timings, "chosen": best, "cached": cached}
+    return (*candidates[best], entry)
 
 
 def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None):
@@ -228,7 +211,7 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
         alternatives = _uniform_alternatives(model, records, opts, ranker)
         if alternatives:
             with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} uniform form(s)"):
-                exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, opts, ranker)
+                exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, ranker)
             choices.append(entry)
     return exported, records, choices
 
