@@ -73,8 +73,9 @@ def convert_fp16(src: str, dst: str, keep_fp32: Iterable[str] = ()) -> dict:
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     keep = list(keep_fp32)
-    blocked = nodes_of([n.name for n in model.graph.node], keep)
-    missing = [m for m in keep if not nodes_of([n.name for n in model.graph.node], [m])]
+    names = [n.name for n in model.graph.node]
+    blocked = nodes_of(names, keep)
+    missing = [m for m in keep if not nodes_of(blocked, [m])]
     if missing:
         raise ValueError(f"no ONNX node belongs to module(s) {missing}: cannot keep them in fp32")
     converted = _join_fp32_islands(convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked))
