@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,32 +25,54 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.bench import interleaved  # noqa: E402
+from polyexport.bench import interleaved_medians  # noqa: E402
 from polyexport.convert import convert, registered_layers  # noqa: E402
 from polyexport.pipeline import ExportOptions, deploy_for  # noqa: E402
 
 
-def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, torch.nn.Module]:
+def assignment(records) -> tuple:
+    """Which form each converted layer got: two deployments with the same assignment are the same graph."""
+    return tuple((r.name, r.form) for r in records)
+
+
+def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, tuple[torch.nn.Module, tuple]]:
+    """{tag: (deployed model, assignment)} for auto, the preferred order and every single fixed form."""
     _, records = convert(model)
     types = sorted({r.type for r in records if r.form not in ("folded", "absorbed", "reference")})
     entries = {t.__name__: e for t, e in registered_layers().items()}
     os.environ["POLYEXPORT_CACHE"] = cache  # the pipeline's own automatic choice, with a fresh cache
-    auto, _, _ = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
-    out = {"auto": auto, "preferred": convert(model, target=rt)[0]}
+    auto, auto_records, _ = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
+    preferred, preferred_records = convert(model, target=rt)
+    out = {"auto": (auto, assignment(auto_records)), "preferred": (preferred, assignment(preferred_records))}
     for t in types:
         for form in entries[t].forms:
             try:
-                out[f"{t}={form}"] = convert(model, target=rt, forms={t: form})[0]
+                m, recs = convert(model, target=rt, forms={t: form})
+                out[f"{t}={form}"] = (m, assignment(recs))
             except Exception as e:  # noqa: BLE001 - a form that cannot apply to this model
                 print(f"  {t}={form}: {e}", flush=True)
     return out
+
+
+def verdict(ratios: list[float], same_graph: bool) -> str:
+    """auto vs the best fixed form, from the per-repeat ratios of interleaved timings (repeat i of both ran
+    back to back, so a drift of the machine cancels in each ratio). A sign test: if the two were equally
+    fast, every one of n ratios would fall on the same side of 1 with probability 2·0.5ⁿ (6% at n = 5);
+    only then is one called faster or slower."""
+    if same_graph:
+        return "same graph"
+    if max(ratios) < 1.0:
+        return "faster"
+    if min(ratios) > 1.0:
+        return "slower"
+    return "equal within noise"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
@@ -64,22 +87,31 @@ def main() -> None:
             model = zoo.instantiate(name, seed=0)
             x = torch.randn(*entry.input_shape)
             for rt in runtimes_here(None):
-                fns = {}
-                for tag, m in variants(model, x, rt, args.threads, cache).items():
+                fns, assigned = {}, {}
+                for tag, (m, assign) in variants(model, x, rt, args.threads, cache).items():
                     runner, feeds = load_runner(rt, m, (x,), tmp, f"{name}-{rt}-{tag.replace('=', '-')}", args.threads)
                     if runner is not None:
                         fns[tag] = (lambda r, f: lambda: r.run(f))(runner, feeds)
+                        assigned[tag] = assign
                 if len(fns) <= 2:  # nothing to choose between (one form per layer type)
                     continue
-                stats = interleaved(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=5, min_time_s=0.3)
-                best_fixed = min((k for k in stats if "=" in k), key=lambda k: stats[k].p50)
-                auto = stats["auto"].p50
-                rows.append([name, rt, f"{auto:.2f}", f"{stats['preferred'].p50:.2f}", f"{best_fixed} {stats[best_fixed].p50:.2f}",
-                             f"{auto / stats[best_fixed].p50:.2f}×", ", ".join(f"{k} {v.p50:.2f}" for k, v in stats.items() if "=" in k)])
-                records.append({"model": name, "runtime": rt, "ms": {k: v.p50 for k, v in stats.items()}})
+                per = interleaved_medians(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=5, min_time_s=0.3)
+                p50 = {k: statistics.median(v) for k, v in per.items()}
+                fixed = [k for k in per if "=" in k]
+                best = min(fixed, key=p50.get)
+                same = [k for k in fixed if assigned[k] == assigned["auto"]]
+                ratios = [a / b for a, b in zip(per["auto"], per[best])]
+                rows.append([name, rt, f"{p50['auto']:.2f}", ", ".join(same) or "a per-layer mix", f"{p50['preferred']:.2f}",
+                             f"{best} {p50[best]:.2f}",
+                             f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})", verdict(ratios, best in same),
+                             ", ".join(f"{k} {p50[k]:.2f}" for k in fixed)])
+                records.append({"model": name, "runtime": rt, "ms": p50, "per_repeat_ms": per, "auto_same_as": same,
+                                "best_fixed": best, "auto_over_best_per_repeat": ratios})
                 print(rows[-1], flush=True)
-    md = md_table(["model", "runtime", "auto ms", "preferred order ms", "best single fixed form (ms)", "auto / best fixed", "every fixed form (ms)"], rows)
-    md += f"\n\n{machine()}; threads={args.threads}; batch 1; medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s"
+    md = md_table(["model", "runtime", "auto ms", "auto's assignment", "preferred order ms", "best single fixed form (ms)",
+                   "auto / best fixed (range over repeats)", "verdict", "every fixed form (ms)"], rows)
+    md += (f"\n\n{machine()}; threads={args.threads}; batch 1; medians of {args.repeats} interleaved repeats; the ratio is the median of"
+           f" the per-repeat ratios (repeat i of auto and of the best fixed form ran back to back), the range their spread; {time.time() - t0:.0f} s")
     print(md)
     write_outputs(args, md, {"threads": args.threads, "rows": records})
 

@@ -54,14 +54,19 @@ def measure(fn: Callable[[], object], *, warmup: int = 5, warmup_s: float = 0.2,
             return stats_from(samples)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, **kw) -> dict[str, LatencyStats]:
-    """Time several alternatives in turns (A B C A B C …) so drift hits all alike; medians of repeats."""
+def interleaved_medians(fns: dict[str, Callable[[], object]], *, repeats: int = 5, **kw) -> dict[str, list[float]]:
+    """Time several alternatives in turns (A B C A B C …) so drift hits all alike: each one's median per
+    repeat, in order, so repeat i of A and of B can be paired (their ratio shows the noise between them)."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            s = measure(fn, **kw)
-            per[k].append(s.p50)
-    return {k: stats_from(v) for k, v in per.items()}
+            per[k].append(measure(fn, **kw).p50)
+    return per
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, **kw) -> dict[str, LatencyStats]:
+    """Time several alternatives in turns (A B C A B C …) so drift hits all alike; medians of repeats."""
+    return {k: stats_from(v) for k, v in interleaved_medians(fns, repeats=repeats, **kw).items()}
 
 
 def median(values: list[float]) -> float:
