@@ -10,6 +10,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import BadInput
@@ -26,6 +27,8 @@ class ZooEntry:
     randomize: how to give the model realistic random weights (default polyexport.testing.randomize_):
     a model whose random init is numerically chaotic in fp32 (no export could hold parity with it)
     scales what training keeps small.
+    count: how the paper counts (params, multiply-adds) of the built model at an input (default
+    `count`: every stored parameter, torch's FLOP counter), for a paper that counts otherwise.
     """
 
     name: str
@@ -35,6 +38,7 @@ class ZooEntry:
     paper: dict | None = None
     test_shape: tuple[int, ...] | None = None
     randomize: Callable[[nn.Module, int], nn.Module] | None = None
+    count: Callable[[nn.Module, torch.Tensor], tuple[int, int]] | None = None
 
 
 _ZOO: dict[str, ZooEntry] = {}
@@ -42,9 +46,10 @@ _ZOO: dict[str, ZooEntry] = {}
 
 def register(name: str, input_shape: tuple[int, ...] = (1, 3, 224, 224), baseline: str | None = None,
              paper: dict | None = None, test_shape: tuple[int, ...] | None = None,
-             randomize: Callable[[nn.Module, int], nn.Module] | None = None):
+             randomize: Callable[[nn.Module, int], nn.Module] | None = None,
+             count: Callable[[nn.Module, torch.Tensor], tuple[int, int]] | None = None):
     def deco(fn: Callable[[], nn.Module]):
-        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper, test_shape, randomize)
+        _ZOO[name] = ZooEntry(name, fn, input_shape, baseline, paper, test_shape, randomize, count)
         return fn
 
     return deco
@@ -56,6 +61,16 @@ def instantiate(name: str, seed: int = 0) -> nn.Module:
 
     entry = get(name)
     return (entry.randomize or randomize_)(entry.build(), seed).eval()
+
+
+def count(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(parameters, multiply-adds) of one forward at `x`: every stored parameter, and torch's FLOP counter
+    (convolutions and matmuls, 2 FLOPs per multiply-add) halved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
 
 
 def _load_all() -> None:
