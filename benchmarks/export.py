@@ -22,7 +22,7 @@ from common import machine, md_table, write_outputs  # noqa: E402
 
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
-from polyexport.export import export_onnx  # noqa: E402
+from polyexport.export import export_onnx, flatten_outputs  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
 
 VARIANTS = [("torchscript", "onnxsim"), ("torchscript", "onnxslim"), ("torchscript", "none"), ("dynamo", "onnxsim"), ("dynamo", "none")]
@@ -40,6 +40,8 @@ def main() -> None:
         entry = zoo.get(name)
         model = deploy(zoo.instantiate(name))
         x = torch.randn(*entry.input_shape)
+        with torch.no_grad():
+            n_out = len(flatten_outputs(model(x)))  # a detector returns one map per level
         fns, info = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for exporter, simp in VARIANTS:
@@ -47,7 +49,7 @@ def main() -> None:
                 path = os.path.join(tmp, tag + ".onnx")
                 try:
                     t0 = time.perf_counter()
-                    export_onnx(model, (x,), path, input_names=["input"], n_outputs=1, opset=18 if exporter == "dynamo" else 17,
+                    export_onnx(model, (x,), path, input_names=["input"], n_outputs=n_out, opset=18 if exporter == "dynamo" else 17,
                                 exporter=exporter, simplifier=simp)
                     info[tag] = (time.perf_counter() - t0, len(onnx.load(path).graph.node))
                     r = make_runner("onnxruntime", RunnerOptions(threads=args.threads))

@@ -29,17 +29,23 @@ from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
-from polyexport.export import export_onnx, first_line  # noqa: E402  (first_line: one-line reason)
+from polyexport.export import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
 from polyexport.parity import compare  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
+
+
+def n_outputs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many tensors the model returns (a detector returns one map per level)."""
+    with torch.no_grad():
+        return len(flatten_outputs(model(x)))
 
 
 def export_variant(model: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
     """Export with a dynamic batch axis; on failure, the reason and a static-batch fallback per batch."""
     t0 = time.perf_counter()
     try:
-        export_onnx(model, (x,), path, input_names=["input"], n_outputs=1, dynamic_batch=True)
+        export_onnx(model, (x,), path, input_names=["input"], n_outputs=n_outputs(model, x), dynamic_batch=True)
         return {"path": path, "dynamic": True, "seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001 - recorded as a result
         return {"path": None, "dynamic": False, "error": first_line(e)[:160], "seconds": time.perf_counter() - t0}
@@ -47,7 +53,7 @@ def export_variant(model: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
 
 def static_fallback(model, x, path) -> str | None:
     try:
-        export_onnx(model, (x,), path, input_names=["input"], n_outputs=1, dynamic_batch=False)
+        export_onnx(model, (x,), path, input_names=["input"], n_outputs=n_outputs(model, x), dynamic_batch=False)
         return path
     except Exception:  # noqa: BLE001
         return None
@@ -86,7 +92,7 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
     for b in args.batches:
         xb = torch.randn(b, *shape[1:])
         with torch.no_grad():
-            want = model(xb).numpy()
+            want = [t.numpy() for t in flatten_outputs(model(xb))]
         fns = {"eager": (lambda m, x: lambda: m(x))(model, xb)}
         parity = {}
         for (tag, rt), path in paths.items():
@@ -101,9 +107,10 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
                 os.makedirs(sub, exist_ok=True)
                 r.load(path, sub)
                 feeds = {"input": xb.numpy()}
-                out = r.run(feeds)[0]
-                if tag != "baseline":
-                    parity[f"{tag}/{rt}"] = compare("o", want, out, 0.0, 1e-4).max_rel_err
+                outs = r.run(feeds)
+                if tag != "baseline":  # each output on its own scale; the worst one
+                    parity[f"{tag}/{rt}"] = (max(compare(f"o{i}", w, o, 0.0, 1e-4).max_rel_err for i, (w, o) in enumerate(zip(want, outs)))
+                                             if len(outs) == len(want) else float("inf"))
                 fns[f"{tag}/{rt}"] = (lambda r, f: lambda: r.run(f))(r, feeds)
             except Exception as e:  # noqa: BLE001
                 info.setdefault(f"{tag}-{rt}", {})["error"] = first_line(e)[:160]
