@@ -263,6 +263,23 @@ def test_official_state_dict_loads_strict():
     space_to_depth().load_state_dict(foreign.space_to_depth().state_dict(), strict=True)
 
 
+
+def test_zoo_spd_resnet18_is_the_official_network():
+    """zoo:spd_resnet18 is the official ResNet18-SPD (ResNet18-SPD/models/resnet50_spd.py `resnet18()`): the same
+    tensors in the same order (an official checkpoint maps onto ours by position) and the same function, at the
+    official Tiny-ImageNet input. The paper's own table could not be read here, so this is its architecture check."""
+    from polyexport import zoo
+
+    theirs = randomize_(foreign.resnet18_spd(), seed=3).eval()
+    ours = zoo.get("spd_resnet18").build().eval()
+    assert [p.shape for p in theirs.state_dict().values()] == [p.shape for p in ours.state_dict().values()]
+    ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values())), strict=True)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        want, got = theirs(x), ours(x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) == 28_043_336
+
 def test_same_name_with_weights_is_not_adapted():
     class SpaceToDepth(nn.Module):  # a different layer that happens to share the name
         def __init__(self):
