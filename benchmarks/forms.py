@@ -26,13 +26,8 @@ from common import load_runner, machine, md_table, runtimes_here, write_outputs 
 
 from polyexport import zoo  # noqa: E402
 from polyexport.bench import interleaved_medians  # noqa: E402
-from polyexport.convert import convert, registered_layers  # noqa: E402
+from polyexport.convert import assignment, convert, registered_layers  # noqa: E402
 from polyexport.pipeline import ExportOptions, deploy_for  # noqa: E402
-
-
-def assignment(records) -> tuple:
-    """Which form each converted layer got: two deployments with the same assignment are the same graph."""
-    return tuple((r.name, r.form) for r in records)
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, tuple[torch.nn.Module, tuple]]:

@@ -83,6 +83,11 @@ class LayerRecord:
         return d
 
 
+def assignment(records: list[LayerRecord]) -> tuple[tuple[str, str], ...]:
+    """Which form each converted layer got: two deployments of a model with the same assignment are the same graph."""
+    return tuple((r.name, r.form) for r in records)
+
+
 _LAYERS: dict[type, LayerEntry] = {}
 _ADAPTERS: list[Adapter] = []
 _loaded = False

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import __version__
 from .bench import measure
-from .convert import TARGETS, convert
+from .convert import TARGETS, assignment, convert
 from .errors import BadInput
 from .export import export_onnx, flatten_outputs, output_names
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
@@ -154,8 +154,12 @@ def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions)
 
 
 def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker) -> dict[str, tuple]:
-    """Deployments with one form forced for every layer of a type (the others still timed per layer),
-    for each form that differs from what the per-layer timing chose somewhere; none the user forced."""
+    """What the per-layer choice is checked against as whole graphs: for each layer type and form (none
+    the user forced), that form for every layer of the type with the other types (a) as timed per layer
+    and (b) in the preferred order, and (c) the preferred order for all. (b) and (c) are what a forced
+    form or `--form preferred` would ship, so the automatic choice is never slower than any of them but
+    by timing noise. A form that failed on this runtime for some layer is never a candidate, and an
+    assignment already among the candidates is not timed twice."""
     from .convert import registered_layers
 
     entries = {t.__name__: e for t, e in registered_layers().items()}
@@ -163,22 +167,31 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
     for r in records:
         if r.form not in ("folded", "absorbed", "reference") and r.type in entries:
             chosen.setdefault(r.type, set()).add(r.form)
+    seen = {assignment(records)}
     out = {}
+
+    def add(label: str, forms: dict[str, str], timed_per_layer: bool) -> None:
+        try:
+            deployed, recs = convert(model, opts.target, forms, opts.dynamic_batch, opts.strict, ranker=ranker if timed_per_layer else None)
+        except BadInput:  # the form is not exact (or not usable) for some layer of this model
+            return
+        if assignment(recs) not in seen:
+            seen.add(assignment(recs))
+            out[label] = (deployed, recs)
+
     snapshot = list(ranker.choices)
     try:
-        for typ, forms in chosen.items():
+        for typ in chosen:
             if typ in opts.forms:
                 continue
             timed = [c["timings_ms"] for c in snapshot if c["type"] == typ]
             for form in entries[typ].forms:
-                if forms == {form}:
-                    continue  # the per-layer choice is already this uniform assignment
                 if not timed or any(t.get(form) is None for t in timed):
                     continue  # failed (or was not timed) on this runtime for some layer: never a candidate
-                try:
-                    out[f"{typ}={form}"] = convert(model, opts.target, {**opts.forms, typ: form}, opts.dynamic_batch, opts.strict, ranker=ranker)
-                except BadInput:  # the form is not exact (or not usable) for some layer of this model
-                    continue
+                add(f"{typ}={form}", {**opts.forms, typ: form}, True)
+                if len(chosen) > 1:
+                    add(f"{typ}={form}, others preferred", {**opts.forms, typ: form}, False)
+        add("preferred", dict(opts.forms), False)
     finally:
         ranker.choices[:] = snapshot  # the alternatives' lookups are not choices
     return out

@@ -84,3 +84,34 @@ def test_a_form_wrong_on_the_runtime_is_never_chosen(tmp_path):
     timings = timer.choices[0]["timings_ms"]
     assert timings["planted_torch"] is None and timings["planted_onnx"] is None and timings["exact"] > 0
     assert records[0].form == "exact"
+
+
+def test_whole_model_candidates_cover_every_single_fixed_form(tmp_path, monkeypatch):
+    """With two layer types, the per-layer choice is checked against every assignment a single forced form
+    gives (the other type timed per layer, or in the preferred order) and the preferred order itself, each
+    assignment once: so the automatic choice can only lose to one of them by timing noise."""
+    from polyexport.convert import assignment, registered_layers
+    from polyexport.layers.hetconv import ShiftedHetConv
+    from polyexport.pipeline import ExportOptions, _form_timer, _uniform_alternatives
+
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
+    model = randomize_(nn.Sequential(MixedConv2d(16, 16, [3, 5], depthwise=True), nn.BatchNorm2d(16), nn.ReLU(),
+                                     ShiftedHetConv(16, 16, 4, 3), nn.BatchNorm2d(16)), seed=5).eval()
+    x = torch.randn(1, 16, 12, 12)
+    opts = ExportOptions(target="onnxruntime", threads=1, form_choice="auto")
+    ranker = _form_timer(model, [x.numpy()], opts)
+    _, records = convert(model, "onnxruntime", ranker=ranker)
+    alternatives = _uniform_alternatives(model, records, opts, ranker)
+    timed = [assignment(records)] + [assignment(recs) for _, recs in alternatives.values()]
+    assert len(set(timed)) == len(timed), "an assignment timed twice"
+    assert len(ranker.choices) == 2  # the alternatives' lookups are not reported as choices
+    assert assignment(convert(model, "onnxruntime")[1]) in timed  # the preferred order
+    entries = {t.__name__: e for t, e in registered_layers().items()}
+    for typ in ("MixedConv2d", "ShiftedHetConv"):
+        for form in entries[typ].forms:
+            try:
+                fixed = convert(model, "onnxruntime", {typ: form})[1]
+            except Exception:  # noqa: BLE001 - a form that does not apply to this layer
+                continue
+            assert assignment(fixed) in timed, f"{typ}={form} (others preferred) never timed"
+            assert assignment(convert(model, "onnxruntime", {typ: form}, ranker=ranker)[1]) in timed, f"{typ}={form} never timed"
