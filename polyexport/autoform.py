@@ -126,8 +126,9 @@ class FormTimer:
         (model, layer records), and whether it came from the cache (keyed by every candidate's
         (module, form) list and the input shapes). Per-layer timing misses what only the whole graph
         shows (fusions across layers, layout changes between them), so the pipeline checks the per-layer
-        choice against each uniform assignment this way. Every candidate is exact; one whose graph still
-        disagrees with the first's PyTorch output on this runtime is never chosen."""
+        choice against each single forced form and the preferred order this way. Every candidate is
+        exact; one whose graph still disagrees with the first's PyTorch output on this runtime is never
+        chosen."""
         sig = json.dumps({k: [(r.name, r.form) for r in recs] for k, (_, recs) in candidates.items()}
                          | {"inputs": [list(a.shape) for a in args]}, sort_keys=True)
         key = f"{self.context}|whole-model:{hashlib.sha256(sig.encode()).hexdigest()[:16]}"

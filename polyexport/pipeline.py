@@ -198,7 +198,7 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
 
 
 def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, ranker):
-    """The fastest of the per-layer choice and the uniform alternatives, timed as whole graphs (FormTimer.whole_models)."""
+    """The fastest of the per-layer choice and its alternatives (_uniform_alternatives), timed as whole graphs (FormTimer.whole_models)."""
     candidates = {"per-layer": (exported, records), **alternatives}
     timings, cached = ranker.whole_models(candidates, to_torch(arrays))
     best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
@@ -211,8 +211,9 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
     """The deployment the pipeline exports: (deployed model, layer records, form choices).
 
     With automatic choice, each layer's exact forms are timed on the target runtime (autoform.FormTimer),
-    then the per-layer choice is timed as a whole graph against each uniform form assignment and the
-    fastest is kept: what a layer alone shows is not always what the whole graph does.
+    then the per-layer choice is timed as a whole graph against each single forced form and the
+    preferred order, and the fastest is kept: what a layer alone shows is not always what the whole
+    graph does.
     """
     step = progress or (lambda _msg: contextlib.nullcontext())
     ranker = _form_timer(model, arrays, opts)
@@ -223,7 +224,7 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
     if ranker:
         alternatives = _uniform_alternatives(model, records, opts, ranker)
         if alternatives:
-            with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} uniform form(s)"):
+            with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
                 exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, ranker)
             choices.append(entry)
     return exported, records, choices
