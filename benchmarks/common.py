@@ -22,6 +22,12 @@ def flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def n_outputs(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """How many tensors the module returns (a detector returns one map per level): what export_onnx's n_outputs wants."""
+    with torch.no_grad():
+        return len(flatten_outputs(module(*inputs)))
+
+
 def load_runner(runtime: str, module: nn.Module, example: tuple[torch.Tensor, ...], workdir: str, tag: str,
                 threads: int, dynamic_batch: bool = False):
     """Export `module` (as it is) to workdir/tag.onnx and return a loaded runner, or the error text."""
@@ -29,9 +35,7 @@ def load_runner(runtime: str, module: nn.Module, example: tuple[torch.Tensor, ..
     names = ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))]
     try:
         if not os.path.exists(path):
-            with torch.no_grad():
-                n_out = len(flatten_outputs(module(*example)))
-            export_onnx(module, example, path, input_names=names, n_outputs=n_out, dynamic_batch=dynamic_batch)
+            export_onnx(module, example, path, input_names=names, n_outputs=n_outputs(module, *example), dynamic_batch=dynamic_batch)
         runner = make_runner(runtime, RunnerOptions(threads=threads))
         sub = os.path.join(workdir, f"{tag}-{runtime}")
         os.makedirs(sub, exist_ok=True)

@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import machine, md_table, write_outputs  # noqa: E402
+from common import machine, md_table, n_outputs, write_outputs  # noqa: E402
 
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
-from polyexport.export import export_onnx, flatten_outputs  # noqa: E402
+from polyexport.export import export_onnx  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
 
 VARIANTS = [("torchscript", "onnxsim"), ("torchscript", "onnxslim"), ("torchscript", "none"), ("dynamo", "onnxsim"), ("dynamo", "none")]
@@ -40,8 +40,7 @@ def main() -> None:
         entry = zoo.get(name)
         model = deploy(zoo.instantiate(name))
         x = torch.randn(*entry.input_shape)
-        with torch.no_grad():
-            n_out = len(flatten_outputs(model(x)))  # a detector returns one map per level
+        n_out = n_outputs(model, x)  # a detector returns one map per level
         fns, info = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for exporter, simp in VARIANTS:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import flops, machine, md_table, runtimes_here, write_outputs  # noqa: E402
+from common import flops, machine, md_table, n_outputs, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
@@ -33,12 +33,6 @@ from polyexport.export import export_onnx, first_line, flatten_outputs  # noqa: 
 from polyexport.parity import compare  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
-
-
-def n_outputs(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """How many tensors the model returns (a detector returns one map per level)."""
-    with torch.no_grad():
-        return len(flatten_outputs(model(x)))
 
 
 def export_variant(model: torch.nn.Module, x: torch.Tensor, path: str) -> dict:

@@ -153,7 +153,7 @@ def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions)
     return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs, dynamic_batch=opts.dynamic_batch)
 
 
-def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker) -> dict[str, tuple]:
+def _whole_model_alternatives(model: nn.Module, records, opts: ExportOptions, ranker) -> dict[str, tuple]:
     """What the per-layer choice is checked against as whole graphs: for each layer type and form (none
     the user forced), that form for every layer of the type with the other types (a) as timed per layer
     and (b) in the preferred order, and (c) the preferred order for all. (b) and (c) are what a forced
@@ -175,8 +175,9 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
             deployed, recs = convert(model, opts.target, forms, opts.dynamic_batch, opts.strict, ranker=ranker if timed_per_layer else None)
         except BadInput:  # the form is not exact (or not usable) for some layer of this model
             return
-        if assignment(recs) not in seen:
-            seen.add(assignment(recs))
+        key = assignment(recs)
+        if key not in seen:
+            seen.add(key)
             out[label] = (deployed, recs)
 
     snapshot = list(ranker.choices)
@@ -198,7 +199,7 @@ def _uniform_alternatives(model: nn.Module, records, opts: ExportOptions, ranker
 
 
 def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, ranker):
-    """The fastest of the per-layer choice and its alternatives (_uniform_alternatives), timed as whole graphs (FormTimer.whole_models)."""
+    """The fastest of the per-layer choice and its alternatives (_whole_model_alternatives), timed as whole graphs (FormTimer.whole_models)."""
     candidates = {"per-layer": (exported, records), **alternatives}
     timings, cached = ranker.whole_models(candidates, to_torch(arrays))
     best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
@@ -222,7 +223,7 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
         exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
     choices = list(ranker.choices) if ranker else []
     if ranker:
-        alternatives = _uniform_alternatives(model, records, opts, ranker)
+        alternatives = _whole_model_alternatives(model, records, opts, ranker)
         if alternatives:
             with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
                 exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, ranker)

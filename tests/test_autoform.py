@@ -92,7 +92,7 @@ def test_whole_model_candidates_cover_every_single_fixed_form(tmp_path, monkeypa
     assignment once: so the automatic choice can only lose to one of them by timing noise."""
     from polyexport.convert import assignment, registered_layers
     from polyexport.layers.hetconv import ShiftedHetConv
-    from polyexport.pipeline import ExportOptions, _form_timer, _uniform_alternatives
+    from polyexport.pipeline import ExportOptions, _form_timer, _whole_model_alternatives
 
     monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
     model = randomize_(nn.Sequential(MixedConv2d(16, 16, [3, 5], depthwise=True), nn.BatchNorm2d(16), nn.ReLU(),
@@ -101,7 +101,7 @@ def test_whole_model_candidates_cover_every_single_fixed_form(tmp_path, monkeypa
     opts = ExportOptions(target="onnxruntime", threads=1, form_choice="auto")
     ranker = _form_timer(model, [x.numpy()], opts)
     _, records = convert(model, "onnxruntime", ranker=ranker)
-    alternatives = _uniform_alternatives(model, records, opts, ranker)
+    alternatives = _whole_model_alternatives(model, records, opts, ranker)
     timed = [assignment(records)] + [assignment(recs) for _, recs in alternatives.values()]
     assert len(set(timed)) == len(timed), "an assignment timed twice"
     assert len(ranker.choices) == 2  # the alternatives' lookups are not reported as choices
