@@ -33,14 +33,17 @@ class ExportInfo:
 
 def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, input_names: list[str],
                 n_outputs: int, opset: int = 17, dynamic_batch: bool = False, exporter: str = "torchscript",
-                simplifier: str = "onnxsim", raw_path: str | None = None) -> ExportInfo:
+                simplifier: str = "onnxsim", raw_path: str | None = None,
+                dynamic_axes: dict[str, dict[int, str]] | None = None) -> ExportInfo:
     """Export, simplify, check and shape-infer; the file at `path` is the final graph.
 
     `raw_path`, if given, keeps the exporter's graph before simplification (for staged parity).
+    `dynamic_axes` ({name: {axis: label}}, inputs and outputs) makes further axes dynamic, by name:
+    e.g. the instance axis of a dynamic head's per-instance inputs and its output.
     """
     t0 = time.perf_counter()
     export_with_attribution(model, args, path, input_names=input_names, n_outputs=n_outputs, opset=opset,
-                            dynamic_batch=dynamic_batch, exporter=exporter)
+                            dynamic_batch=dynamic_batch, exporter=exporter, dynamic_axes=dynamic_axes)
     proto = onnx.load(path)
     if raw_path:
         onnx.save(proto, raw_path)

@@ -65,16 +65,30 @@ def _quiet():
 
 
 def torch_export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, input_names: list[str],
-                 n_outputs: int, opset: int = 17, dynamic_batch: bool = False, exporter: str = "torchscript") -> None:
-    """Write `model` to `path` as ONNX; raise the exporter's own exception on failure."""
+                 n_outputs: int, opset: int = 17, dynamic_batch: bool = False, exporter: str = "torchscript",
+                 dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Write `model` to `path` as ONNX; raise the exporter's own exception on failure.
+
+    `dynamic_axes` ({input or output name: {axis: label}}) adds dynamic axes by name, on top of the
+    batch axis that `dynamic_batch` makes dynamic everywhere: for models whose inputs do not share one
+    batch axis (a head's per-instance inputs beside its shared features); the label names the axis in the graph.
+    """
     outs = output_names(n_outputs)
+    if dynamic_axes:
+        unknown = set(dynamic_axes) - {*input_names, *outs}
+        if unknown:
+            raise ValueError(f"dynamic_axes names {sorted(unknown)}: the graph's inputs and outputs are {[*input_names, *outs]}")
     if exporter == "torchscript":
         axes = {n: {0: "batch"} for n in [*input_names, *outs]} if dynamic_batch else None
+        if dynamic_axes:
+            axes = {n: {**(axes or {}).get(n, {}), **dynamic_axes.get(n, {})} for n in {*(axes or {}), *dynamic_axes}}
         with _quiet():
             torch.onnx.export(model, args, path, dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=outs, dynamic_axes=axes, do_constant_folding=True)
     elif exporter == "dynamo":
         shapes = None
+        if dynamic_axes:  # torch.export specialises sizes 0 and 1, which a head's instance axis must take
+            raise ValueError("dynamic_axes is supported with the torchscript exporter only")
         if dynamic_batch:
             batch = torch.export.Dim("batch", min=1, max=4096)
             shapes = tuple({0: batch} for _ in args)
