@@ -1,0 +1,86 @@
+"""Deploy form of CondInst's dynamic mask head: batched MatMuls over (instances × pixels).
+
+As written, the instances are folded into the channels of one image and every generated layer is a
+conv with `groups = instances` and run-time weights: the instance count is frozen into the graph (the
+`group` attribute and the reshapes) and TensorRT's parser sees convolution weights that are not
+initializers. Here each layer is one batched MatMul, (n, out, in) @ (n, in, H·W), so one graph runs any
+number of instances, none included; the pixel grid and the aligned-bilinear upsampling (a linear map
+per axis) are constants of the feature map's size, baked in at export.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..convert import Form, register_layer
+from ..layers.condinst import CondInstInputChecks, CondInstMaskHead, split_params
+
+
+def aligned_bilinear_matrix(size: int, factor: int) -> np.ndarray:
+    """(factor·size, size) matrix A with A @ v = AdelaiDet's `aligned_bilinear` of v along one axis.
+
+    Its steps are each linear and act on the two axes separately: replicate-pad one sample at the end,
+    align-corners linear interpolation to factor·size + 1 samples (sample k sits at k / factor), replicate-pad
+    factor // 2 at the start, keep the first factor·size. Built in float64.
+    """
+    a = np.zeros((factor * size, size))
+    for j in range(factor * size):
+        t = max(j - factor // 2, 0) / factor  # position in the padded input, in input samples
+        lo = int(np.floor(t))
+        frac = t - lo
+        a[j, min(lo, size - 1)] += 1 - frac
+        if frac:
+            a[j, min(lo + 1, size - 1)] += frac
+    return a
+
+
+class CondInstBatchedHead(CondInstInputChecks, nn.Module):
+    """CondInstMaskHead as batched MatMuls; the same inputs and output, any instance count from one graph."""
+
+    def __init__(self, ref: CondInstMaskHead):
+        super().__init__()
+        self.in_channels, self.channels, self.num_layers = ref.in_channels, ref.channels, ref.num_layers
+        self.head_in_channels, self.factor = ref.head_in_channels, ref.factor
+        self.disable_rel_coords, self.mask_feat_stride = ref.disable_rel_coords, ref.mask_feat_stride
+        self.register_buffer("sizes_of_interest", ref.sizes_of_interest.detach().float().clone())
+
+    def _pixels(self, h: int, w: int) -> torch.Tensor:
+        """(2, H·W) pixel centres (x; y) in input pixels, a constant of the map's size."""
+        s = self.mask_feat_stride
+        y, x = np.meshgrid(np.arange(h) * s + s // 2, np.arange(w) * s + s // 2, indexing="ij")
+        return torch.from_numpy(np.stack([x.reshape(-1), y.reshape(-1)]).astype(np.float32))
+
+    def forward(self, mask_feats: torch.Tensor, mask_head_params: torch.Tensor, locations: torch.Tensor,
+                fpn_levels: torch.Tensor, im_inds: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(mask_feats, mask_head_params, locations, fpn_levels, im_inds)
+        h, w = int(mask_feats.shape[2]), int(mask_feats.shape[3])
+        x = mask_feats.flatten(2).index_select(0, im_inds)  # (n, C, H·W): each instance's image
+        if not self.disable_rel_coords:
+            rel = (locations.unsqueeze(2) - self._pixels(h, w)) / self.sizes_of_interest[fpn_levels][:, None, None]
+            x = torch.cat([rel.to(x.dtype), x], dim=1)
+        weights, biases = split_params(mask_head_params, self.head_in_channels, self.channels, self.num_layers)
+        for i, (wt, b) in enumerate(zip(weights, biases)):
+            x = torch.matmul(wt, x) + b.unsqueeze(2)
+            if i < self.num_layers - 1:
+                x = torch.relu(x)
+        x = x.unflatten(2, (h, w))  # (n, 1, H, W)
+        if self.factor == 1:
+            return x
+        up_h = torch.from_numpy(aligned_bilinear_matrix(h, self.factor).astype(np.float32))
+        up_w = torch.from_numpy(aligned_bilinear_matrix(w, self.factor).T.astype(np.float32))
+        return torch.matmul(torch.matmul(up_h, x), up_w)
+
+
+def to_deploy(ref: CondInstMaskHead, form: str = "batched_matmul") -> nn.Module:
+    """The deploy module for `ref`: "batched_matmul" (the only form)."""
+    if form != "batched_matmul":
+        raise ValueError(f"CondInstMaskHead has no form {form!r}; it has: batched_matmul")
+    return CondInstBatchedHead(ref).eval()
+
+
+register_layer(
+    CondInstMaskHead,
+    forms=[Form("batched_matmul", to_deploy, dynamic_batch=True, constant_weights=True,
+                note="one batched MatMul per generated layer over (instances × pixels); any instance count, 0 included")],
+)
