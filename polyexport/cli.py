@@ -88,20 +88,33 @@ def _print_summary(report) -> None:
         console.print(f"deploy: {len(swapped) - len(kept)} layer(s) converted, {len(kept)} kept as reference, {folded} folded")
         for l in kept:
             console.print(f"  [yellow]kept[/] {escape(l['name'])} ({l['type']}): {escape(l.get('note', ''))}")
+    for w in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
     t = Table(title="parity with PyTorch", title_justify="left")
-    for col in ("stage / runtime", "precision", "max abs err", "max err / scale", "rtol", "cosine", "top-1 / top-5", "passed"):
+    for col in ("stage / runtime", "precision", "max abs err", "max err / scale", "allowed", "cosine", "top-1 / top-5", "passed"):
         t.add_column(col)
     for k, p in report.parity.items():
-        ok = "[green]yes[/]" if p["passed"] else f"[bold red]NO[/] {escape(p.get('error', ''))}"
+        ok = "[green]yes[/]" if p["passed"] else f"[bold red]NO[/] {escape('; '.join(p.get('problems') or [p.get('error', '')]))}"
         topk = f"{p['top1_agreement']:.0%} / {p['top5_agreement']:.0%}" if p.get("topk_samples") else "-"
-        t.add_row(k, p.get("precision", "fp32"), f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p['rtol']:g}", f"{p['cosine']:.8f}", topk, ok)
+        t.add_row(k, p.get("precision", "fp32"), f"{p['max_abs_err']:.3g}", f"{p['max_rel_err']:.3g}", f"{p.get('effective_rtol', p['rtol']):.3g}",
+                  f"{p['cosine']:.8f}", topk, ok)
     console.print(t)
+    floor = report.noise_floor.get("per_output") or []
+    console.print(f"[dim]allowed = max(rtol, {next(iter(report.parity.values()), {}).get('noise_multiple', 0):g}× the model's own fp32 noise floor "
+                  f"{max(floor) if floor else 0:.3g}) of the output's scale{'' if floor else ' (' + escape(report.noise_floor.get('note', 'not measured')) + ')'}[/]",
+                  soft_wrap=True)
     for rt, d in report.precision.items():
         kept = ", ".join(f"{m['module']} ({m['reason']})" for m in d.get("kept_fp32", []))
         console.print(f"{rt}: asked {d['asked']}, ran {d['ran']}; kept in fp32: {escape(kept or d.get('note', 'none'))}", soft_wrap=True)
     if report.explain:
         e = report.explain
-        if e.get("module"):
+        if e.get("runtime_error"):
+            where = f" in module [bold]{escape(e['module'])}[/] ({e.get('type', '?')})" if e.get("module") else ""
+            node = f", node {escape(e['node'])}" if e.get("node") else ""
+            console.print(f"[bold]stage {e['stage']} did not run[/]{where}{node}", soft_wrap=True)
+            if e.get("note"):
+                console.print(f"  {escape(e['note'])}", soft_wrap=True)
+        elif e.get("module"):
             console.print(f"[bold]first diverging module[/] at stage {e['stage']}: [bold]{escape(e['module'])}[/] ({e['type']}, form {e['form']}), "
                           f"max error / scale {e['max_rel_err']:.3g}", soft_wrap=True)
         else:
@@ -170,8 +183,9 @@ def run(argv: list[str] | None = None) -> int:
         first, *later = report.failed_runtimes()
         also = f" (and after it: {', '.join(later)})" if later else ""
         tol = report.parity[first]
-        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: outputs differ from PyTorch beyond atol {tol['atol']:g} + rtol {tol['rtol']:g}·scale "
-                          f"({tol.get('precision', 'fp32')}); artifacts kept in {args.out} (see report.md)", soft_wrap=True)
+        why = (f"it did not run: {tol['error']}" if tol.get("error") else "; ".join(tol["problems"]) if tol.get("problems") else
+               f"outputs differ from PyTorch beyond atol {tol['atol']:g} + {tol.get('effective_rtol', tol['rtol']):.3g}·scale ({tol.get('precision', 'fp32')})")
+        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: {escape(why)}; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
         return 1
     console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {args.out}/report.md", soft_wrap=True)
     return 0

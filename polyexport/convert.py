@@ -6,7 +6,6 @@ written by other codebases (timm, the papers' repos), which rebuild it as our re
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import pkgutil
 import warnings
@@ -17,6 +16,7 @@ import torch
 from torch import fx, nn
 
 from .errors import BadInput
+from .modules import carry_over, has_hooks, replace_module, set_eval, structural_copy
 
 from .targets import TARGETS  # noqa: E402
 
@@ -220,17 +220,13 @@ def _adapt(module: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
 def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
                 dynamic_batch: bool = False, strict: bool = False, ranker: Ranker | None = None) -> tuple[nn.Module, list[LayerRecord]]:
     """Replace every registered (or adaptable) layer by its chosen deploy form, in place.
 
-    Returns the model (a new module where the model itself is a known layer) and the records.
+    The deploy module takes the replaced one's plain attributes and hooks, under every name the
+    replaced one had (modules.replace_module). Returns the model (a new module where the model itself
+    is a known layer) and the records.
     """
     _load_plugins()
     forms = forms or {}
@@ -253,18 +249,20 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
         form, why = _choose(entry, ref, name, target, dynamic_batch, forms.get(type(ref).__name__), strict, ranker)
         note = f"recognised by adapter {via}" if via else ""
         if form is None:
-            if via:  # keep the user's own module rather than our re-creation of it
-                ref = module
             records.append(LayerRecord(name, type(module).__name__, "reference", "; ".join(x for x in (note, why) if x)))
             if not name:  # the model is itself the layer, kept whole
                 return model, records
             continue
         with torch.no_grad():
-            new = form.build(ref.eval())
-        records.append(LayerRecord(name, type(module).__name__, form.name, note))
+            new = set_eval(form.build(set_eval(ref)))
         if not name:  # the model is itself the layer
-            return new.eval(), records
-        _set_submodule(model, name, new.eval())
+            carry_over(module, new)
+            records.append(LayerRecord(name, type(module).__name__, form.name, note))
+            return new, records
+        clashes = replace_module(model, name, new)
+        if clashes:
+            note = "; ".join(x for x in (note, f"attributes the deploy form has itself, not taken from the layer: {', '.join(clashes)}") if x)
+        records.append(LayerRecord(name, type(module).__name__, form.name, note))
     return model, records
 
 
@@ -288,13 +286,15 @@ class _LeafTracer(fx.Tracer):
 
 
 def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
+    if has_hooks(producer) or has_hooks(consumer):  # someone observes the BN's input or the conv's output
+        return False
     conv_like = (isinstance(producer, nn.Conv2d) and producer.padding_mode == "zeros") or hasattr(producer, "fuse_bn")
     # exactly BatchNorm2d: a subclass may add work to its forward (timm's BatchNormAct2d adds the activation)
     return conv_like and type(consumer) is nn.BatchNorm2d and consumer.track_running_stats and consumer.running_mean is not None
 
 
 def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:
-    return hasattr(producer, "fuse_next_conv") and isinstance(consumer, nn.Conv2d)
+    return hasattr(producer, "fuse_next_conv") and isinstance(consumer, nn.Conv2d) and not (has_hooks(producer) or has_hooks(consumer))
 
 
 def _pairs(module: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]) -> list[tuple[str, str]] | None:
@@ -337,8 +337,8 @@ def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module],
             fused = fuse(a, b)
             if fused is None:  # the producer declined (a configuration it cannot fold exactly)
                 continue
-            _set_submodule(module, a_name, fused)
-            _set_submodule(module, b_name, nn.Identity())
+            replace_module(module, a_name, fused)
+            replace_module(module, b_name, nn.Identity())
             records.append(record(prefix + a_name, prefix + b_name, b))
 
     visit(model, "")
@@ -368,10 +368,11 @@ def fold_into_next_conv(model: nn.Module) -> list[LayerRecord]:
 def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
             dynamic_batch: bool = False, strict: bool = False, fold_bn: bool = True,
             ranker: Ranker | None = None) -> tuple[nn.Module, list[LayerRecord]]:
-    """A converted deep copy of `model` (in eval mode) and what was done to each layer."""
+    """A converted copy of `model` (in eval mode; it shares the original's tensors, see
+    modules.structural_copy) and what was done to each layer."""
     if target is not None and target not in TARGETS:
         raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
-    deployed = copy.deepcopy(model).eval()
+    deployed = set_eval(structural_copy(model))
     deployed, records = swap_layers(deployed, target, forms, dynamic_batch, strict, ranker)
     records += fold_into_next_conv(deployed)
     if fold_bn:

@@ -16,6 +16,7 @@ tensors, which can change its fusions; the report says which graph was probed.)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from .convert import LayerRecord
 from .export import export_onnx, flatten_outputs
+from .noise_floor import float64_twin
 from .parity import compare
 
 
@@ -99,11 +101,29 @@ def _counterparts(records: list[LayerRecord]) -> dict[str, str]:
     return out
 
 
-def _first_over(stage, pairs, rtol, atol, kinds) -> Divergence:
+def _module_noise(model: nn.Module, names: list[str], args: tuple, fp32: dict[str, list[torch.Tensor]]) -> dict[str, list[float]]:
+    """Each watched module's own fp32 rounding (its output against the float64 model's, relative to its scale):
+    deep in a network a module's output can carry more rounding than the fixed rtol, and the first module
+    over the tolerance must be where an error was introduced, not where the rounding grew (see noise_floor.py)."""
+    try:
+        _, exact = _capture(float64_twin(model), names, tuple(a.double() for a in args))
+    except Exception:  # noqa: BLE001 - a model that cannot run in float64: the fixed tolerance alone
+        return {}
+    out = {}
+    for n, outs in fp32.items():
+        if n in exact and len(exact[n]) == len(outs):
+            out[n] = [float((a.double() - e).abs().max() / e.abs().max()) if e.numel() and e.abs().max() > 0 and a.shape == e.shape else 0.0
+                      for a, e in zip(outs, exact[n])]
+    return out
+
+
+def _first_over(stage, pairs, rtol, atol, kinds, noise: dict[str, list[float]] | None = None) -> Divergence:
     checked = []
     culprit = None
+    noise = noise or {}
     for name, want, got in pairs:
-        errs = [compare(name, w, g, atol, rtol) for w, g in zip(want, got)]
+        floors = noise.get(name, [])
+        errs = [compare(name, w, g, atol, rtol, floors[i] if i < len(floors) else 0.0) for i, (w, g) in enumerate(zip(want, got))]
         worst = max((e.max_rel_err for e in errs), default=0.0)
         checked.append((name, worst))
         if culprit is None and not all(e.passed for e in errs):
@@ -114,7 +134,7 @@ def _first_over(stage, pairs, rtol, atol, kinds) -> Divergence:
     return Divergence(stage, culprit[0], typ, form, culprit[1], checked, kinds)
 
 
-def _kinds(model: nn.Module, records: list[LayerRecord]) -> dict[str, tuple[str, str]]:
+def module_kinds(model: nn.Module, records: list[LayerRecord]) -> dict[str, tuple[str, str]]:
     by_name = {r.name: r for r in records}
     return {n: (by_name[n].type if n in by_name else type(m).__name__, by_name[n].form if n in by_name else "-")
             for n, m in model.named_modules() if n}
@@ -128,9 +148,12 @@ def explain_deploy(original: nn.Module, deployed: nn.Module, records: list[Layer
     order, got = _capture(deployed, names, args)
     twin = _counterparts(records)
     want_names = [twin.get(n, n) for n in order]
-    _, want = _capture(original, [n for n in dict.fromkeys(want_names) if _has(original, n)], args)
+    watched = [n for n in dict.fromkeys(want_names) if _has(original, n)]
+    _, want = _capture(original, watched, args)
+    floors = _module_noise(original, watched, args, want)
     pairs = [(n, want[w], got[n]) for n, w in zip(order, want_names) if w in want]
-    return _first_over("torch-deployed", pairs, rtol, atol, _kinds(original, records))
+    noise = {n: floors[w] for n, w in zip(order, want_names) if w in floors}
+    return _first_over("torch-deployed", pairs, rtol, atol, module_kinds(original, records), noise)
 
 
 def _has(model: nn.Module, name: str) -> bool:
@@ -158,4 +181,77 @@ def explain_export(deployed: nn.Module, records: list[LayerRecord], arrays: list
         k = len(want[n])
         pairs.append((n, [t.numpy() for t in want[n]], outs[i:i + k]))
         i += k
-    return _first_over(stage, pairs, rtol, atol, _kinds(deployed, records))
+    return _first_over(stage, pairs, rtol, atol, module_kinds(deployed, records), _module_noise(deployed, names, args, want))
+
+
+# --- a runtime that cannot run the graph at all ----------------------------------------------
+# A runtime error is not a numerical difference: the report quotes the runtime, names the node it
+# stopped at and that node's module, and with a dynamic batch finds the shape operations that hold
+# the export's batch as a constant (`x.view(x.data.size(0), -1)`, shapes read through `.data` or
+# `int(...)`, index tensors expanded to a fixed shape), which is what makes another batch fail.
+
+_NODE_IN_MESSAGE = re.compile(r"""(?:Name|node)[:=\s]*['"]([^'"]+)['"]""", re.IGNORECASE)
+#: op -> index of its input that is a shape
+_SHAPE_OPERAND = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0, "Resize": 3}
+
+
+def module_of_node(node: str) -> str | None:
+    """The PyTorch module a TorchScript-exported node belongs to: its name's last scope ("/a/a.b/Op" -> "a.b")."""
+    parts = node.strip("/").split("/")
+    return parts[-2] if node.startswith("/") and len(parts) >= 2 else None
+
+
+def _constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output:
+            value = next((a for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                out[n.output[0]] = numpy_helper.to_array(value.t)
+    return out
+
+
+def frozen_batch_nodes(path: str, batch: int) -> list[dict]:
+    """Shape operations whose shape is a constant starting with the export's `batch` while the tensor they
+    act on has a dynamic batch axis: each freezes the batch (another batch then fails or is wrong)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    first_dim = {}
+    for v in (*model.graph.input, *model.graph.value_info):
+        dims = v.type.tensor_type.shape.dim
+        if dims:
+            first_dim[v.name] = dims[0].dim_param or (dims[0].dim_value if dims[0].HasField("dim_value") else "?")
+    consts = _constants(model)
+    found = []
+    for n in model.graph.node:
+        k = _SHAPE_OPERAND.get(n.op_type)
+        if k is None or len(n.input) <= k or n.input[k] not in consts:
+            continue
+        shape = np.asarray(consts[n.input[k]]).ravel()
+        data_dim = first_dim.get(n.input[0]) if n.op_type != "ConstantOfShape" else "?"
+        if shape.size and shape.dtype.kind == "i" and int(shape[0]) == batch and isinstance(data_dim, str):
+            found.append({"node": n.name, "op": n.op_type, "module": module_of_node(n.name), "shape": shape.tolist()})
+    return found
+
+
+def explain_runtime_error(stage: str, error: str, path: str, batch: int, dynamic_batch: bool, kinds: dict[str, tuple[str, str]]) -> dict:
+    """The report entry for a stage whose runtime failed: its message, the node it names and that node's
+    module, and with a dynamic batch the shape operations that froze the batch (frozen_batch_nodes)."""
+    entry: dict = {"stage": stage, "runtime_error": error, "module": None}
+    named = _NODE_IN_MESSAGE.search(error)
+    if named:
+        entry["node"] = named.group(1)
+        entry["module"] = module_of_node(named.group(1))
+    frozen = frozen_batch_nodes(path, batch) if dynamic_batch and os.path.isfile(path) else []
+    if frozen:
+        entry["frozen_batch"] = frozen
+        entry["module"] = frozen[0]["module"] or entry["module"]
+        where = ", ".join(f"{f['op']} '{f['node']}' (shape {f['shape']})" for f in frozen[:3])
+        entry["note"] = (f"the graph holds the export's batch {batch} as a constant in {where}: the batch axis is dynamic, "
+                         "but this shape is not (typically a size read through `.data`, `int()` or `.item()` in the module's forward)")
+    if entry["module"]:
+        entry["type"], entry["form"] = kinds.get(entry["module"], ("?", "-"))
+    return entry

@@ -2,7 +2,8 @@
 
 Scale-relative error is what a user can read across models: max |got − ref| / max |ref|, beside
 the absolute error and the cosine similarity. A runtime passes when, for every output of every
-input batch, max_abs_err ≤ atol + rtol·max|ref| and nothing is NaN/Inf where the reference is finite.
+input batch, max_abs_err ≤ atol + max(rtol, NOISE_MULTIPLE·noise floor)·max|ref| and nothing is NaN/Inf
+(in the reference either: a NaN in both is reported as such, never as agreement).
 """
 from __future__ import annotations
 
@@ -20,14 +21,28 @@ DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 
 
+#: A deep network's own fp32 rounding can exceed a fixed rtol although the rewrite is exact (DCD's official
+#: MobileNetV2 is 1.3e-4 of its scale away from its own float64 copy). So each output is also judged against
+#: that model's noise floor: its fp32 output vs the same model in float64 on the same input (noise_floor.py),
+#: relative to the output's scale. A stage passes within atol + max(rtol, NOISE_MULTIPLE·noise)·scale.
+#: Two fp32 computations of one function (summation orders, fused kernels) differ by up to about twice
+#: the floor; benchmarks/precision.py measures the ratio on every zoo model (results/precision.md), and
+#: NOISE_MULTIPLE is set above the largest ratio seen with a margin, low enough that a planted error of
+#: 1e-3 of the scale still fails on every model whose floor is below 2.5e-4 (tests/test_parity_bench.py).
+NOISE_MULTIPLE = 4.0
+
+
 @dataclass
 class OutputDiff:
     name: str
     max_abs_err: float
     max_rel_err: float  # relative to max |ref|
-    cosine: float
+    cosine: float  # NaN where undefined (an all-zero output)
     scale: float
     passed: bool
+    limit: float = float("nan")  # the absolute error allowed: atol + max(rtol, NOISE_MULTIPLE·noise)·scale
+    noise: float = 0.0  # the reference model's own fp32 noise floor for this output (relative to scale)
+    problem: str | None = None  # why it failed other than by size: a shape, NaN/Inf
 
 
 @dataclass
@@ -41,6 +56,7 @@ class ParityResult:
     samples: int = 0  # rows of (N, C) logit-like outputs compared for top-k agreement
     top1_agree: int = 0
     top5_agree: int = 0
+    noise_multiple: float = NOISE_MULTIPLE
 
     @property
     def passed(self) -> bool:
@@ -56,7 +72,16 @@ class ParityResult:
 
     @property
     def cosine(self) -> float:
-        return min((o.cosine for o in self.outputs), default=float("nan"))
+        values = [o.cosine for o in self.outputs]
+        return float("nan") if not values or any(np.isnan(values)) else min(values)
+
+    @property
+    def noise_floor(self) -> float:
+        return max((o.noise for o in self.outputs), default=0.0)
+
+    @property
+    def problems(self) -> list[str]:
+        return list(dict.fromkeys(f"{o.name}: {o.problem}" for o in self.outputs if o.problem))
 
     def worst(self) -> OutputDiff | None:
         return max(self.outputs, key=lambda o: o.max_rel_err, default=None)
@@ -64,33 +89,66 @@ class ParityResult:
     def as_dict(self) -> dict:
         d = {"max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "cosine": self.cosine,
              "passed": self.passed, "atol": self.atol, "rtol": self.rtol, "comparisons": len(self.outputs),
-             "precision": self.precision}
+             "precision": self.precision, "noise_floor": self.noise_floor, "noise_multiple": self.noise_multiple,
+             "effective_rtol": max(self.rtol, self.noise_multiple * self.noise_floor)}
         if self.samples:
             d.update(top1_agreement=self.top1_agree / self.samples, top5_agreement=self.top5_agree / self.samples,
                      topk_samples=self.samples)
+        if self.problems:
+            d["problems"] = self.problems[:5]
         if self.error:
             d["error"] = self.error
         return d
 
 
-def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputDiff:
+def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float, noise: float = 0.0,
+            noise_multiple: float = NOISE_MULTIPLE) -> OutputDiff:
+    """One output against PyTorch's: passes within atol + max(rtol, noise_multiple·noise)·max|ref|, and never
+    where either side has NaN/Inf (a NaN in both is a failure that says so, not agreement)."""
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:
-        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False)
-    finite = np.isfinite(ref)
-    if not np.array_equal(finite, np.isfinite(got)):
-        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False)
-    diff = np.abs(got - ref)[finite]
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
+        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False, noise=noise,
+                          problem=f"shape {got.shape} where PyTorch gives {ref.shape}")
+    bad_ref, bad_got = ~np.isfinite(ref), ~np.isfinite(got)
+    if bad_ref.any() or bad_got.any():
+        if bad_ref.any():
+            same = np.array_equal(bad_ref, bad_got)
+            problem = (f"the PyTorch reference itself has {int(bad_ref.sum())} NaN/Inf value(s)"
+                       + (" (the runtime's output has them at the same places)" if same else ""))
+        else:
+            problem = f"{int(bad_got.sum())} NaN/Inf value(s) where PyTorch's output is finite"
+        return OutputDiff(name, float("inf"), float("inf"), float("nan"), 0.0, False, noise=noise, problem=problem)
+    max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    a, b = ref[finite].ravel(), got[finite].ravel()
+    a, b = ref.ravel(), got.ravel()
     # numpy's own pairwise sums, not BLAS (np.linalg.norm, @): OpenBLAS threads were seen to spin
     # forever next to the runtimes' thread pools in forked workers; float64 keeps this exact enough
     na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))
-    cos = float(np.sum(a * b) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-    return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= atol + rtol * scale)
+    cos = float(np.sum(a * b) / (na * nb)) if na > 0 and nb > 0 else float("nan")  # undefined for a zero output
+    limit = atol + max(rtol, noise_multiple * noise) * scale
+    return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= limit, limit, noise)
+
+
+def reference_warnings(refs: dict[str, list[np.ndarray]]) -> list[str]:
+    """What makes the PyTorch reference a poor witness, said before any comparison: an output that is
+    NaN/Inf somewhere, all zero, or one constant value for every input (parity then proves little)."""
+    warnings = []
+    labels = list(refs)
+    for i in range(len(refs[labels[0]]) if labels else 0):
+        outs = [np.asarray(refs[label][i], dtype=np.float64) for label in labels]
+        name = f"output {i}"
+        nonfinite = sum(int((~np.isfinite(o)).sum()) for o in outs)
+        if nonfinite:
+            warnings.append(f"the PyTorch reference's {name} has {nonfinite} NaN/Inf value(s): parity cannot pass")
+        elif all(o.size and not np.any(o) for o in outs):
+            warnings.append(f"the PyTorch reference's {name} is all zeros for every input: parity proves little "
+                            "(a layer that returns zeros on this machine, e.g. a CUDA-only kernel, or dead weights?)")
+        elif all(o.size and np.ptp(o) == 0 for o in outs) and len({float(o.flat[0]) for o in outs}) == 1:
+            warnings.append(f"the PyTorch reference's {name} is the constant {float(outs[0].flat[0]):g} for every input: "
+                            "parity proves little")
+    return warnings
 
 
 def topk_agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> tuple[int, int, int]:
@@ -110,15 +168,17 @@ def topk_agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> tuple[int, i
 class ParityCheck:
     """Accumulates comparisons for one runtime over several input batches."""
 
-    def __init__(self, runtime: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL):
+    def __init__(self, runtime: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, noise: list[float] | None = None):
         self.result = ParityResult(runtime, atol, rtol)
+        self.noise = list(noise or [])  # per output: the reference's own fp32 noise floor (see NOISE_MULTIPLE)
 
     def add(self, label: str, refs: list[np.ndarray], gots: list[np.ndarray]) -> None:
         if len(refs) != len(gots):
             self.result.error = f"{len(gots)} outputs where the reference has {len(refs)}"
             return
         for i, (r, g) in enumerate(zip(refs, gots)):
-            self.result.outputs.append(compare(f"{label}/output{i}", r, g, self.result.atol, self.result.rtol))
+            noise = self.noise[i] if i < len(self.noise) else 0.0
+            self.result.outputs.append(compare(f"{label}/output{i}", r, g, self.result.atol, self.result.rtol, noise))
             n, top1, top5 = topk_agreement(r, g)
             self.result.samples += n
             self.result.top1_agree += top1
@@ -129,7 +189,8 @@ class ParityCheck:
 
 
 def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets: list[tuple[str, dict[str, np.ndarray]]],
-                 refs: dict[str, list[np.ndarray]], atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL) -> tuple[ParityResult, dict[str, str]]:
+                 refs: dict[str, list[np.ndarray]], atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL,
+                 noise: list[float] | None = None) -> tuple[ParityResult, dict[str, str]]:
     """Load `onnx_path` on `runner`, run every input set, compare with `refs`: (result, artifacts written).
 
     A tolerance given as None follows the precision the runner reports it ran (precision.TOLERANCES).
@@ -138,8 +199,9 @@ def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets:
     """
     from .precision import normalize, tolerances
 
-    check = ParityCheck(runtime, DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
+    check = ParityCheck(runtime, DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol, noise)
     artifacts: dict[str, str] = {}
+    doing = "loading the graph"
     try:
         artifacts = runner.load(onnx_path, workdir)
         precision = normalize(runner.describe().get("precision"))
@@ -148,10 +210,15 @@ def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets:
         check.result.atol = by_dtype[0] if atol is None else atol
         check.result.rtol = by_dtype[1] if rtol is None else rtol
         for label, feeds in input_sets:
+            doing = f"running input {label} ({_shapes(feeds)})"
             check.add(label, refs[label], runner.run(feeds))
     except PolyexportError:
         raise
     except Exception as e:  # noqa: BLE001
-        text = str(e).strip()
-        check.fail(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+        text = " ".join(str(e).split())  # the runtime's own message, on one line
+        check.fail(f"{runtime} failed {doing}: {type(e).__name__}: {text}")
     return check.result, artifacts
+
+
+def _shapes(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join("x".join(map(str, np.shape(a))) for a in feeds.values())

@@ -22,8 +22,10 @@ from .bench import measure
 from .convert import TARGETS, assignment, convert
 from .errors import BadInput
 from .export import export_onnx, flatten_outputs, output_names
+from .modules import set_eval
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
-from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck, check_runner
+from .noise_floor import measure_noise_floor
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck, check_runner, reference_warnings
 from .report import Report
 from .runtimes import RunnerOptions, available, make_runner
 from .runtimes.torch_runner import TorchRunner
@@ -128,7 +130,9 @@ def _commit_out(tmp: str, out: str) -> None:
 
 def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: models cache tensors made in forward (YOLOv5's Detect grids), and an
+        # inference tensor cached here would break the export's trace later
+        with torch.no_grad():
             outs = flatten_outputs(model(*to_torch(arrays)))
     except Exception as e:  # noqa: BLE001 - the model's own complaint is the message
         shapes = ", ".join("x".join(map(str, a.shape)) for a in arrays)
@@ -231,12 +235,12 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
     return exported, records, choices
 
 
-def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions):
+def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions, noise: list[float]):
     """A middle rung of the ladder: the graph itself on ONNX Runtime with its optimisations off."""
     from .runtimes.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False) as runner:
-        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, *opts.fp32_tolerances)[0]
+        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, *opts.fp32_tolerances, noise)[0]
 
 
 def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, opts: ExportOptions, export_kw, workdir, runner_opts,
@@ -274,7 +278,7 @@ def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, 
 
 
 def _repair_fp16(rt: str, runner, result, artifacts, onnx_path, workdir, input_sets, refs, runner_opts: RunnerOptions,
-                 opts: ExportOptions, explain: Callable[[str, RunnerOptions, tuple[float, float]], dict]):
+                 opts: ExportOptions, explain: Callable[[str, RunnerOptions, tuple[float, float]], dict], noise: list[float]):
     """Move the module the attribution blames back to fp32, rebuild, recheck; until parity holds, the
     attribution finds no new module, or MAX_KEPT_FP32 modules are kept. Returns the final runner,
     result and artifacts, and the modules kept with why."""
@@ -301,7 +305,7 @@ def _repair_fp16(rt: str, runner, result, artifacts, onnx_path, workdir, input_s
                      "reason": "overflow (inf/NaN)" if err == float("inf") else f"error above the {result.precision} tolerance"})
         runner.close()
         runner = make_runner(rt, replace(runner_opts, keep_fp32=tuple(k["module"] for k in kept)))
-        result, artifacts = check_runner(rt, runner, onnx_path, workdir, input_sets, refs, opts.atol, opts.rtol)
+        result, artifacts = check_runner(rt, runner, onnx_path, workdir, input_sets, refs, opts.atol, opts.rtol, noise)
     return runner, result, artifacts, kept
 
 
@@ -327,7 +331,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     names = [s.name for s in specs]
     batch = specs[0].shape[0]
 
-    model = model.eval()
+    set_eval(model)  # not `model = model.eval()`: many codebases' train() returns None
     seeds = list(range(opts.parity_seeds))
     parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in seeds]
     brange = batch_range(opts, batch)
@@ -340,9 +344,13 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     with step("reference outputs (PyTorch)"):
         refs = {label: _run_reference(model, arrays, specs) for label, arrays in parity_sets}
     n_outputs = len(next(iter(refs.values())))
+    warnings = reference_warnings(refs)
+    with step("noise floor: the model's own fp32 rounding, against float64"):
+        floor = measure_noise_floor(model, parity_sets[0][1])
+    noise = floor.per_output
 
     report = Report(model=name or type(model).__name__, target=opts.target, deploy=opts.deploy, versions=versions(),
-                    inputs=[s.as_dict() for s in specs], notes=list(notes))
+                    inputs=[s.as_dict() for s in specs], notes=list(notes), warnings=warnings, noise_floor=floor.as_dict())
     tmp = _prepare_out(opts.out, opts.force)
     diag = tempfile.mkdtemp(prefix="polyexport-diag-")  # what is not an artifact: the raw export, diagnostic graphs
     try:
@@ -350,7 +358,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         if opts.deploy:
             exported, records, report.form_choices = deploy_for(model, parity_sets[0][1], opts, step)
             report.layers = [r.as_dict() for r in records]
-            check = ParityCheck("torch-deployed", *opts.fp32_tolerances)
+            check = ParityCheck("torch-deployed", *opts.fp32_tolerances, noise)
             for label, arrays in parity_sets:
                 check.add(label, refs[label], _run_reference(exported, arrays, specs))
             report.parity["torch-deployed"] = check.result.as_dict()
@@ -367,7 +375,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         if available("onnxruntime"):  # the ladder's middle rungs: the graph itself, no runtime optimisation
             with step("ONNX graph parity (ONNX Runtime, optimisations off)"):
                 for stage, path in (("onnx-exported", raw_path), ("onnx-simplified", onnx_path)):
-                    report.parity[stage] = _graph_parity(stage, path, input_sets, refs, opts).as_dict()
+                    report.parity[stage] = _graph_parity(stage, path, input_sets, refs, opts, noise).as_dict()
 
         runner_opts = RunnerOptions(opts.threads, opts.device, fp16=opts.fp16, batch_range=brange, workspace_mb=opts.workspace_mb)
         latency_fns: dict[str, Callable[[], object]] = {}
@@ -379,7 +387,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
         for rt in runtime_names:
             with step(f"{rt}: load, check parity"):
                 runner = make_runner(rt, runner_opts)
-                result, artifacts = check_runner(rt, runner, onnx_path, tmp, input_sets, refs, opts.atol, opts.rtol)
+                result, artifacts = check_runner(rt, runner, onnx_path, tmp, input_sets, refs, opts.atol, opts.rtol, noise)
             if opts.fp16:
                 kept: list[dict] = []
                 fp32_graph_ok = report.parity.get("onnx-simplified", {}).get("passed", True)  # else not a precision problem
@@ -388,7 +396,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                         runner, result, artifacts, kept = _repair_fp16(
                             rt, runner, result, artifacts, onnx_path, tmp, input_sets, refs, runner_opts, opts,
                             lambda stage, ropts, tol: _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts,
-                                                              export_kw, diag, ropts, lambda k: False, tol))
+                                                              export_kw, diag, ropts, lambda k: False, tol), noise)
                 report.precision[rt] = {"asked": "fp16", "ran": result.precision, "kept_fp32": kept}
                 if not runner.keeps_fp32_modules:
                     report.precision[rt]["note"] = f"none: {rt} offers no per-layer precision control here"
@@ -400,7 +408,13 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
                 latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
         failed = [k for k, p in report.parity.items() if not p["passed"]]
         report.first_failing_stage = failed[0] if failed else None
-        if failed or opts.explain:
+        if failed and report.parity[failed[0]].get("error"):  # the runtime did not run: quote it, find a frozen batch
+            from .explain import module_kinds, explain_runtime_error
+
+            stage = failed[0]
+            report.explain = explain_runtime_error(stage, report.parity[stage]["error"], raw_path if stage == "onnx-exported" else onnx_path,
+                                                   batch, opts.dynamic_batch, module_kinds(model, records))
+        elif failed or opts.explain:
             stage = failed[0] if failed else (runtime_names[-1] if runtime_names else "onnx-simplified")
             with step(f"locate the first diverging layer ({stage})"):
                 kept_here = tuple(k["module"] for k in report.precision.get(stage, {}).get("kept_fp32", []))

@@ -23,6 +23,8 @@ class Report:
     first_failing_stage: str | None = None  # the first rung of the ladder that failed
     explain: dict | None = None  # the first diverging module at that stage (explain.py)
     precision: dict[str, dict] = field(default_factory=dict)  # with --fp16, per runtime: asked, ran, modules kept in fp32
+    warnings: list[str] = field(default_factory=list)  # what makes the reference a poor witness (parity.reference_warnings)
+    noise_floor: dict = field(default_factory=dict)  # the reference's own fp32 rounding per output (noise_floor.py)
 
     @property
     def passed(self) -> bool:
@@ -38,7 +40,7 @@ class Report:
             "artifacts": self.artifacts, "versions": self.versions, "runtimes": self.runtimes,
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
             "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
-            "precision": self.precision,
+            "precision": self.precision, "warnings": self.warnings, "noise_floor": self.noise_floor,
         }
 
     def to_json(self) -> str:
@@ -53,17 +55,25 @@ class Report:
         lines += [f"Inputs: {shapes}. Export: {ex.get('exporter')} exporter, opset {ex.get('opset')}, "
                   f"{ex.get('simplifier')}, {'dynamic' if ex.get('dynamic_batch') else 'static'} batch, "
                   f"{ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s.", ""]
+        if self.warnings:
+            lines += ["## Warnings", ""] + [f"- {w}" for w in self.warnings] + [""]
         if self.parity:
             lines += ["## Parity with PyTorch", "",
-                      "| stage / runtime | precision | max abs err | max err / scale | cosine | top-1 / top-5 agree | comparisons | atol, rtol | passed |",
+                      "| stage / runtime | precision | max abs err | max err / scale | allowed err / scale | cosine | top-1 / top-5 agree | comparisons | passed |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for k, p in self.parity.items():
                 topk = f"{p['top1_agreement']:.1%} / {p['top5_agreement']:.1%} of {p['topk_samples']}" if p.get("topk_samples") else "-"
-                lines.append(f"| {k} | {p.get('precision', 'fp32')} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {p['cosine']:.9f} | {topk} | "
-                             f"{p.get('comparisons', '')} | {p['atol']:g}, {p['rtol']:g} | {'yes' if p['passed'] else '**no**'} |")
-            lines += ["", "Passes when max abs err ≤ atol + rtol·max|ref| for every output of every input batch; the tolerance follows "
-                      "the precision the runtime ran (polyexport/precision.py). Top-k agreement: rows of (N, C) outputs whose top-1 class "
-                      "/ set of top-5 classes equal PyTorch's.", ""]
+                allowed = f"{p.get('effective_rtol', p['rtol']):.3g} (atol {p['atol']:g})"
+                verdict = "yes" if p["passed"] else "**no**: " + "; ".join(p.get("problems") or [p.get("error") or "error too large"])
+                lines.append(f"| {k} | {p.get('precision', 'fp32')} | {p['max_abs_err']:.3g} | {p['max_rel_err']:.3g} | {allowed} | {p['cosine']:.9f} | "
+                             f"{topk} | {p.get('comparisons', '')} | {verdict} |")
+            floor = self.noise_floor.get("per_output") or []
+            noise = (f"the reference model's own fp32 rounding, measured against float64, is {max(floor):.3g} of the output's scale"
+                     if floor else f"the reference's own rounding was {self.noise_floor.get('note') or 'not measured'}")
+            multiple = next(iter(self.parity.values())).get("noise_multiple", 0)
+            lines += ["", f"Passes when max abs err ≤ atol + max(rtol, {multiple:g}·noise floor)·max|ref| for every output of every input "
+                      f"batch, with nothing NaN/Inf: {noise}. rtol follows the precision the runtime ran (polyexport/precision.py). "
+                      "Top-k agreement: rows of (N, C) outputs whose top-1 class / set of top-5 classes equal PyTorch's.", ""]
         if self.precision:
             lines += ["## Precision", "", "| runtime | asked | ran | modules kept in fp32 |", "|---|---|---|---|"]
             for k, d in self.precision.items():
@@ -73,7 +83,16 @@ class Report:
         if self.explain:
             e = self.explain
             lines += ["## Where it diverges", ""]
-            if e.get("module"):
+            if e.get("runtime_error"):
+                where = f" in module `{e['module']}` ({e.get('type', '?')})" if e.get("module") else ""
+                lines += [f"Stage **{e['stage']}** did not run{where}" + (f", at node `{e['node']}`" if e.get("node") else "") + ":", "",
+                          f"> {e['runtime_error']}", ""]
+                if e.get("note"):
+                    lines.append(e["note"])
+                if e.get("frozen_batch"):
+                    lines += ["", "| node | op | module | constant shape |", "|---|---|---|---|"]
+                    lines += [f"| `{f['node']}` | {f['op']} | `{f['module']}` | {f['shape']} |" for f in e["frozen_batch"]]
+            elif e.get("module"):
                 lines += [f"First diverging module at stage **{e['stage']}**: `{e['module']}` ({e['type']}, form {e['form']}), "
                           f"max error / scale {e['max_rel_err']:.3g}.", "",
                           "| module (execution order) | max error / scale |", "|---|---|"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from .export import export_onnx, flatten_outputs
+from .modules import set_eval
 from .parity import OutputDiff, compare
 from .runtimes import RunnerOptions, installed, make_runner
 
@@ -44,13 +46,15 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
                 p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return module.eval()
+    return set_eval(module)
 
 
 def max_rel_err(ref: torch.Tensor, got: torch.Tensor) -> float:
     """max |got − ref| / max |ref| (the scale-relative error the tolerances are written in)."""
     ref, got = ref.double(), got.double()
     assert ref.shape == got.shape, f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}"
+    if ref.numel() == 0:  # an empty output (no instances) equals an empty output of the same shape
+        return 0.0
     scale = ref.abs().max().item()
     return (got - ref).abs().max().item() / (scale if scale > 0 else 1.0)
 
@@ -58,7 +62,7 @@ def max_rel_err(ref: torch.Tensor, got: torch.Tensor) -> float:
 def assert_equivalent(ref: nn.Module, deployed: nn.Module, *inputs: torch.Tensor, rtol: float = RTOL) -> None:
     """In PyTorch: every output of `deployed` equals `ref`'s within rtol of the output's scale."""
     with torch.no_grad():
-        a, b = flatten_outputs(ref.eval()(*inputs)), flatten_outputs(deployed.eval()(*inputs))
+        a, b = flatten_outputs(set_eval(ref)(*inputs)), flatten_outputs(set_eval(deployed)(*inputs))
     assert len(a) == len(b), f"{len(b)} outputs, reference has {len(a)}"
     for i, (x, y) in enumerate(zip(a, b)):
         err = max_rel_err(x, y)
@@ -68,7 +72,7 @@ def assert_equivalent(ref: nn.Module, deployed: nn.Module, *inputs: torch.Tensor
 @dataclass
 class RuntimeCheck:
     runtime: str
-    batch: int
+    batch: int  # the size of the dynamic axis: batch, or instance count for check_instance_counts
     diffs: list[OutputDiff]
 
     @property
@@ -88,30 +92,60 @@ def check_on_runtimes(ref: nn.Module, deployed: nn.Module, input_shapes: Sequenc
     """
     if not dynamic_batch:
         batches = (input_shapes[0][0],)
-    runtimes = list(runtimes) if runtimes is not None else installed()
-    runtimes = [r for r in runtimes if r != "tensorrt"]
     names = ["input"] if len(input_shapes) == 1 else [f"input_{i}" for i in range(len(input_shapes))]
     rng = np.random.default_rng(seed)
-    example = tuple(torch.from_numpy(rng.standard_normal(s, dtype=np.float32)) for s in input_shapes)
+    example = [rng.standard_normal(s, dtype=np.float32) for s in input_shapes]
+    feeds = lambda b: [rng.standard_normal((b, *s[1:]), dtype=np.float32) for s in input_shapes]  # noqa: E731
+    return _check_exported(ref, deployed, example, names, batches, feeds, runtimes, rtol, opset, workdir, onnx_check,
+                           "batch", dynamic_batch=dynamic_batch)
+
+
+def check_instance_counts(ref: nn.Module, deployed: nn.Module, make_inputs: Callable[[int, np.random.Generator], Sequence[np.ndarray]],
+                          input_names: Sequence[str], dynamic_axes: dict[str, dict[int, str]],
+                          counts: Sequence[int] = (0, 1, 7, 100), example_count: int = 3, runtimes: Sequence[str] | None = None,
+                          rtol: float = RTOL, opset: int = 17, seed: int = 0, workdir: str | None = None,
+                          onnx_check=None) -> list[RuntimeCheck]:
+    """check_on_runtimes for a model whose inputs do not share one batch axis (a dynamic head's instances).
+
+    `make_inputs(count, rng)` gives the inputs (any dtype) for `count` instances; `dynamic_axes` names the
+    axes that vary ({name: {axis: label}}, outputs named "output" / "output_i"). The graph is exported once,
+    at `example_count`, then run at every count on each runtime; an empty output must come back empty.
+    """
+    rng = np.random.default_rng(seed)
+    example = list(make_inputs(example_count, rng))
+    return _check_exported(ref, deployed, example, list(input_names), counts, lambda n: list(make_inputs(n, rng)), runtimes,
+                           rtol, opset, workdir, onnx_check, "instances", dynamic_axes=dynamic_axes)
+
+
+def _check_exported(ref: nn.Module, deployed: nn.Module, example: list[np.ndarray], names: list[str], sizes: Sequence[int],
+                    feeds_for: Callable[[int], list[np.ndarray]], runtimes: Sequence[str] | None, rtol: float, opset: int,
+                    workdir: str | None, onnx_check, what: str, **export_kwargs) -> list[RuntimeCheck]:
+    """Export `deployed` once at `example`; on each runtime and size, compare its outputs with `ref`'s in PyTorch."""
+    runtimes = list(runtimes) if runtimes is not None else installed()
+    runtimes = [r for r in runtimes if r != "tensorrt"]
+    example_t = tuple(torch.from_numpy(a) for a in example)
     with torch.no_grad():
-        n_out = len(flatten_outputs(deployed.eval()(*example)))
+        n_out = len(flatten_outputs(set_eval(deployed)(*example_t)))
     results = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = os.path.join(tmp, "model.onnx")
-        export_onnx(deployed, example, path, input_names=names, n_outputs=n_out, opset=opset, dynamic_batch=dynamic_batch)
+        export_onnx(deployed, example_t, path, input_names=names, n_outputs=n_out, opset=opset, **export_kwargs)
         if onnx_check is not None:
             onnx_check(path)
+        graph_inputs = {i.name for i in onnx.load(path).graph.input}  # the exporter drops inputs the model ignores
         for rt in runtimes:
             runner = make_runner(rt, RunnerOptions(threads=1))
             runner.load(path, tmp)
-            for b in batches:
-                arrays = [rng.standard_normal((b, *s[1:]), dtype=np.float32) for s in input_shapes]
+            for size in sizes:
+                arrays = feeds_for(size)
                 with torch.no_grad():
-                    want = [t.numpy() for t in flatten_outputs(ref.eval()(*(torch.from_numpy(a) for a in arrays)))]
-                got = runner.run(dict(zip(names, arrays)))
+                    want = [t.numpy() for t in flatten_outputs(set_eval(ref)(*(torch.from_numpy(a) for a in arrays)))]
+                got = runner.run({n: a for n, a in zip(names, arrays) if n in graph_inputs})
                 diffs = [compare(f"output{i}", w, g, ATOL, rtol) for i, (w, g) in enumerate(zip(want, got))]
-                check = RuntimeCheck(rt, b, diffs)
-                assert all(d.passed for d in diffs), f"{rt} batch {b}: max error / scale = {check.worst:.3g} > {rtol:g}"
+                check = RuntimeCheck(rt, size, diffs)
+                assert len(got) == len(want) and all(d.passed for d in diffs), (
+                    f"{rt} {what} {size}: max error / scale = {check.worst:.3g} > {rtol:g}"
+                    + "".join(f"; output{i} shape {tuple(g.shape)} vs {tuple(w.shape)}" for i, (w, g) in enumerate(zip(want, got)) if w.shape != g.shape))
                 results.append(check)
             runner.close()
     return results

@@ -146,3 +146,21 @@ def test_a_bare_research_layer_is_converted_too():
     assert_equivalent(layer, deployed, torch.randn(2, 4, 6, 6))
     kept, records = convert(layer, forms={"Toy": "reference"})
     assert isinstance(kept, Toy) and [r.form for r in records] == ["reference"]
+
+
+@pytest.mark.parametrize("name", [n for n in __import__("polyexport").zoo.names() if n.startswith(
+    ("ps_", "het_", "oct_", "dy_", "cc_", "dcd_", "dr_", "spd_", "c2sp", "mixnet", "coatnet"))])
+def test_deploy_shares_the_originals_tensors_and_never_writes_them(name):
+    """convert() copies the module tree, not the tensors (modules.structural_copy): a deploy form that wrote
+    into a tensor it read would change the user's model. Every zoo model with a research layer, bit for bit."""
+    from polyexport.zoo import instantiate
+
+    model = instantiate(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    deployed, records = convert(model)
+    assert any(r.form not in ("reference", "folded", "absorbed") for r in records), "nothing converted"
+    after = model.state_dict()
+    assert {k: v.data_ptr() for k, v in after.items()} == ids
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])][:3]
+    assert all(m is not d for m, d in zip(model.modules(), deployed.modules()))

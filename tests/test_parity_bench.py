@@ -44,3 +44,45 @@ def test_stats_and_measure_stopping_rule():
     calls = []
     out = measure(lambda: calls.append(1), warmup=2, warmup_s=0.0, min_iters=7, min_time_s=0.0)
     assert out.n == 7 and len(calls) >= 9  # warm-up calls are not timed
+
+
+def test_nan_in_the_reference_or_the_runtime_never_passes():
+    ref = np.ones((2, 3))
+    ref[1, 2] = np.nan
+    both = compare("o", ref, ref.copy(), 1e9, 1e9)
+    assert not both.passed and "reference itself has 1 NaN/Inf" in both.problem and "same places" in both.problem
+    got = np.ones((2, 3))
+    got[0, 0] = np.inf
+    only_runtime = compare("o", np.ones((2, 3)), got, 1e9, 1e9)
+    assert not only_runtime.passed and "where PyTorch's output is finite" in only_runtime.problem
+    check = ParityCheck("rt")
+    check.add("a", [np.full((2, 3), np.nan)], [np.full((2, 3), np.nan)])
+    r = check.result.as_dict()
+    assert not r["passed"] and r["problems"] and np.isnan(r["cosine"])
+
+
+def test_cosine_of_a_zero_output_is_undefined_not_one():
+    z = np.zeros((2, 4))
+    d = compare("o", z, z, 0.0, 1e-4)
+    assert d.passed and np.isnan(d.cosine)
+
+
+def test_noise_floor_widens_the_tolerance_only_as_far_as_the_multiple():
+    from polyexport.parity import NOISE_MULTIPLE
+
+    ref = np.linspace(-1, 1, 100)
+    noise = 2e-4  # a deep net's own fp32 rounding, relative to its scale
+    within = ref + 1.5 * noise  # what two exact fp32 computations of it differ by
+    assert not compare("o", ref, within, 0.0, 1e-4).passed  # the fixed rule alone fails an exact rewrite
+    assert compare("o", ref, within, 0.0, 1e-4, noise).passed
+    assert compare("o", ref, within, 0.0, 1e-4, noise).limit == NOISE_MULTIPLE * noise
+    assert not compare("o", ref, ref + 1e-3, 0.0, 1e-4, noise).passed  # a planted 1e-3 error still fails
+
+
+def test_reference_warnings_name_degenerate_outputs():
+    from polyexport.parity import reference_warnings
+
+    refs = {"a": [np.zeros((2, 3)), np.full(4, 7.0), np.array([1.0, np.nan]), np.arange(3.0)],
+            "b": [np.zeros((1, 3)), np.full(4, 7.0), np.array([1.0, 2.0]), np.arange(3.0) * 2]}
+    w = reference_warnings(refs)
+    assert len(w) == 3 and "output 0 is all zeros" in w[0] and "output 1 is the constant 7" in w[1] and "output 2 has 1 NaN/Inf" in w[2]

@@ -68,10 +68,12 @@ class OnnxRuntimeRunner(Runner):
             self.fp16_info = convert_fp16(onnx_path, fp16_path, self.options.keep_fp32)
             onnx_path = artifacts["onnx_fp16"] = fp16_path
         self.session = self.ort.InferenceSession(onnx_path, sess_options=so, providers=self._providers(workdir))
+        self._inputs = {i.name for i in self.session.get_inputs()}
         return artifacts
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        # an input the model does not use is dropped by the exporter (a constant output, DRConv's Alpha): not fed
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})
 
     def describe(self) -> dict:
         so = self.session.get_session_options() if self.session else None

@@ -62,10 +62,12 @@ class OpenVinoRunner(Runner):
         self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         self._outputs = self.compiled.outputs
+        self._inputs = {name for i in self.compiled.inputs for name in i.get_names()}
         return artifacts
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self.request.infer(feeds)
+        # an input the model does not use is dropped by the exporter: not fed (see OnnxRuntimeRunner.run)
+        result = self.request.infer({k: v for k, v in feeds.items() if k in self._inputs})
         return [np.asarray(result[o]) for o in self._outputs]
 
     def describe(self) -> dict:

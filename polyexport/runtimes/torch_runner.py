@@ -14,7 +14,8 @@ class TorchRunner(Runner):
 
     def __init__(self, model: nn.Module, input_names: list[str], options: RunnerOptions | None = None):
         super().__init__(options)
-        self.model = model.eval()
+        model.eval()  # its return value is not trusted: many codebases' train() returns None
+        self.model = model
         self.input_names = input_names
         self._threads = self.options.resolved_threads()
 
@@ -23,11 +24,11 @@ class TorchRunner(Runner):
         torch.set_num_threads(self._threads)
         try:
             args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names)
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: see pipeline._run_reference
                 out = self.model(*args)
             return [t.detach().float().numpy() for t in flatten_outputs(out)]
         finally:
             torch.set_num_threads(previous)
 
     def describe(self) -> dict:
-        return {"version": torch.__version__, "device": "cpu", "threads": self._threads, "precision": "fp32", "mode": "eager, inference_mode"}
+        return {"version": torch.__version__, "device": "cpu", "threads": self._threads, "precision": "fp32", "mode": "eager, no_grad"}
