@@ -69,7 +69,7 @@ class CondInstBatchedHead(CondInstInputChecks, nn.Module):
             return x
         up_h = torch.from_numpy(aligned_bilinear_matrix(h, self.factor).astype(np.float32))
         up_w = torch.from_numpy(aligned_bilinear_matrix(w, self.factor).T.astype(np.float32))
-        return torch.matmul(torch.matmul(up_h, x), up_w)
+        return torch.matmul(up_h, torch.matmul(x, up_w))  # width first: one GEMM over n·H rows, fewer FLOPs
 
 
 def to_deploy(ref: CondInstMaskHead, form: str = "batched_matmul") -> nn.Module:
