@@ -1,6 +1,13 @@
 """fp16 across the zoo: the error it really costs (what precision.TOLERANCES is set from), the modules
 that had to stay fp32, top-1 agreement, and fp16 vs fp32 latency on each runtime, in one run.
 
+With --noise-floor, fp32 instead: each model's own rounding (its fp32 output against its float64 copy,
+noise_floor.py) beside every stage's error, and their ratio — what parity.NOISE_MULTIPLE is set from:
+an exact rewrite differs from the model by a small multiple of its floor, and the multiple allowed must
+stay above the largest ratio seen while a planted error of 1e-3 still fails.
+
+    python benchmarks/precision.py --noise-floor --threads 2 --json benchmarks/results/noise_floor.json --markdown benchmarks/results/noise_floor.md
+
 Each model goes through the pipeline with --fp16 (deploy, export, ONNX Runtime's fp16 graph, OpenVINO's
 f16 hint, which runs bf16 on CPUs without fp16 units); then fp32 and fp16 are timed in turns (interleaved
 repeats, medians) on each runtime.
@@ -51,18 +58,59 @@ def timed(report, threads: int, repeats: int) -> dict[str, float]:
         f"{k}_ms": s.p50 for k, s in stats.items()}
 
 
+def noise_floor_rows(models: list[str], threads: int) -> tuple[list[list[str]], list[dict], float]:
+    """Per model: its noise floor, each stage's error and error / floor; and the largest ratio."""
+    rows, records, worst = [], [], 0.0
+    for name in models:
+        entry = zoo.get(name)
+        shape = (2, *(entry.test_shape or entry.input_shape)[1:])
+        with tempfile.TemporaryDirectory() as tmp:
+            report = polyexport.export(zoo.instantiate(name, seed=1), input_shapes=[shape], target="onnxruntime",
+                                       out=os.path.join(tmp, "o"), bench=False, extra_runtimes=["openvino"],
+                                       parity_seeds=2, threads=threads, form_choice="preferred")
+        floor = max(report.noise_floor.get("per_output") or [0.0])
+        ratios = {k: p["max_rel_err"] / floor if floor > 0 else float("nan") for k, p in report.parity.items()}
+        worst = max([worst, *(r for r in ratios.values() if r == r)])
+        records.append({"model": name, "input": list(shape), "noise_floor": report.noise_floor, "passed": report.passed,
+                        "stages": {k: {"max_rel_err": p["max_rel_err"], "ratio": ratios[k]} for k, p in report.parity.items()}})
+        cells = [f"{p['max_rel_err']:.2g} ({ratios[k]:.2f}×)" for k, p in report.parity.items()]
+        rows.append([name, "×".join(map(str, shape)), f"{floor:.2g}", *cells, "yes" if report.passed else "**no**"])
+        print(f"{name}: floor {floor:.2g}; " + ", ".join(f"{k} {c}" for k, c in zip(report.parity, cells)), flush=True)
+    return rows, records, worst
+
+
+def main_noise_floor(args) -> None:
+    from polyexport.parity import NOISE_MULTIPLE
+
+    t0 = time.time()
+    rows, records, worst = noise_floor_rows(args.models, args.threads)
+    header = ["model", "input", "noise floor (fp32 vs float64, of scale)", "torch-deployed", "onnx-exported", "onnx-simplified",
+              "onnxruntime", "openvino", "passed"]
+    md = (md_table(header, rows) + f"\n\nEach stage: max error / scale (error / noise floor). Largest ratio: {worst:.2f}; "
+          f"parity.NOISE_MULTIPLE = {NOISE_MULTIPLE:g}.\n{machine()}; threads={args.threads}; parity over 2 seeds at batch 2 and the "
+          f"model's test shape; {time.time() - t0:.0f} s")
+    print()
+    print(md)
+    write_outputs(args, md, {"threads": args.threads, "versions": versions(), "largest_ratio": worst, "noise_multiple": NOISE_MULTIPLE,
+                             "rows": records})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=[n for n in zoo.names() if not n.startswith("test_")])
+    ap.add_argument("--models", nargs="*", default=[n for n in zoo.names() if not n.startswith("test_") and not zoo.get(n).inputs],
+                    help="zoo models (default: every one-input model; the dynamic heads have their own benchmark, benchmarks/heads.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--full-size", action="store_true", help="the models' own input shapes (default: their test shapes)")
     ap.add_argument("--latency", nargs="*", default=["resnet18", "mobilenetv2", "ps_resnet50", "mixnet_s"],
                     help="models whose fp16/fp32 latency is also measured")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--noise-floor", action="store_true", help="fp32: each model's noise floor against every stage's error (see above)")
     ap.add_argument("--markdown")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.noise_floor:
+        return main_noise_floor(args)
     rows, records = [], []
     t0 = time.time()
     for name in args.models:

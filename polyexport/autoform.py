@@ -10,6 +10,7 @@ export of the same model, or of another with the same layer shapes, is instant.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -70,25 +71,59 @@ class FormTimer:
                  cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05, dynamic_batch: bool = False):
         self.runtime, self.options, self.inputs = runtime, options, inputs
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
-        self.cache_path = cache_path or default_cache_path()
+        self.cache_path: str | None = cache_path or default_cache_path()
         self.repeats, self.min_time_s = repeats, min_time_s
         self.context = f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
+        self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.cache = self._load()
         self.choices: list[dict] = []
 
     def _load(self) -> dict:
+        """The cache file's entries; anything malformed (not JSON, another shape, timings that are not numbers)
+        is ignored with a note: a cache is an optimisation, never a reason to fail."""
         try:
             with open(self.cache_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+                data = json.load(f)
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            self.notes.append(f"form cache {self.cache_path} is unreadable ({type(e).__name__}): ignored, timing afresh")
+            return {}
+        if not isinstance(data, dict):
+            self.notes.append(f"form cache {self.cache_path} holds a {type(data).__name__}, not a table: ignored, timing afresh")
+            return {}
+        good = {k: v for k, v in data.items() if _valid_entry(v)}
+        if len(good) < len(data):
+            self.notes.append(f"form cache {self.cache_path}: {len(data) - len(good)} malformed entr(y/ies) ignored")
+        return good
 
     def _save(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
-        tmp = self.cache_path + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.cache, f, indent=1)
-        os.replace(tmp, self.cache_path)
+        """Merge this run's entries into the file under a lock (runs sharing a cache lose nothing), written
+        atomically; an unwritable cache location leaves the run without a cache, with a note."""
+        if self.cache_path is None:
+            return
+        from filelock import FileLock, Timeout
+
+        folder = os.path.dirname(os.path.abspath(self.cache_path))
+        tmp = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with FileLock(self.cache_path + ".lock", timeout=30):
+                merged = {**self._load(), **self.cache}
+                with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".forms-", suffix=".tmp", delete=False) as f:
+                    tmp = f.name
+                    json.dump(merged, f, indent=1)
+                os.replace(tmp, self.cache_path)
+                tmp = None
+                self.cache = merged
+        except (OSError, Timeout) as e:
+            self.notes.append(f"form cache {self.cache_path} cannot be written ({getattr(e, 'strerror', None) or type(e).__name__}): "
+                              "this run goes on without a cache")
+            self.cache_path = None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def __call__(self, name: str, ref: nn.Module, forms: list[Form]) -> list[Form]:
         args = self.inputs.get(name)
@@ -178,6 +213,12 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
         for r in runners:
             r.close()
     return out
+
+
+def _valid_entry(value: object) -> bool:
+    """A cache entry: form (or candidate) name -> latency in ms, or null for one that failed."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)) for k, v in value.items())
 
 
 def _finite(ms: float | None) -> float | None:

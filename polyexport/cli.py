@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
+import signal
 import sys
 import time
 import warnings
@@ -17,6 +20,9 @@ from rich.table import Table
 
 from . import __version__
 from .targets import TARGETS
+
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+DEVICES = ("cpu", "cuda", "tensorrt")
 from .errors import BadInput, PolyexportError
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL
 from .precision import TOLERANCES
@@ -25,11 +31,44 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def _finite_nonnegative(text: str) -> float:
+    """A tolerance: a finite number ≥ 0 (NaN fails every comparison silently, inf passes anything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+#: opsets the TorchScript exporter writes and the runtimes run; below 13 ops the forms use change meaning (Split,
+#: Squeeze, ReduceSum take attributes), and TensorRT 8.6 parses at most 17 (tensorrt_lint checks that)
+OPSETS = range(13, 21)
+
+
+def _opset(text: str) -> int:
+    value = _positive_int(text)
+    if value not in OPSETS:
+        raise argparse.ArgumentTypeError(f"{value} is outside {OPSETS.start}..{OPSETS.stop - 1}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; make its message one line like ours."""
 
     def error(self, message: str):  # noqa: D401
-        err_console.print(f"[bold red]error:[/] {message} (see polyexport --help)")
+        err_console.print(f"[bold red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -39,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "`polyexport check MODEL.onnx --target tensorrt` (what TensorRT's parser will refuse). "
                        "Exit codes: 0 ok, 1 parity failed, 2 bad input, 3 runtime not installed.")
     p.add_argument("model", metavar="MODEL", help="a .pt file (state_dict or pickled module), zoo:NAME, or package.module:callable")
-    p.add_argument("--target", default="onnxruntime", help=f"one of {', '.join(TARGETS)} (default onnxruntime)")
+    p.add_argument("--target", default="onnxruntime", choices=TARGETS, help=f"one of {', '.join(TARGETS)} (default onnxruntime)")
     p.add_argument("--input-shape", action="append", metavar="NxCxHxW", help="input shape, e.g. 1x3x224x224; repeat for several inputs")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis (parity is also checked at another batch size)")
     p.add_argument("--out", default="polyexport-out", metavar="DIR", help="where artifacts and the report go (default ./polyexport-out)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--atol", type=float, help=f"absolute tolerance (default by precision: fp32 {DEFAULT_ATOL:g}, fp16 {TOLERANCES['fp16'][0]:g}, bf16 {TOLERANCES['bf16'][0]:g})")
-    p.add_argument("--rtol", type=float, help=f"tolerance relative to the output's max |value| (default by precision: fp32 {DEFAULT_RTOL:g}, fp16 {TOLERANCES['fp16'][1]:g}, bf16 {TOLERANCES['bf16'][1]:g})")
+    p.add_argument("--opset", type=_opset, default=17, help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default 17)")
+    p.add_argument("--atol", type=_finite_nonnegative, help=f"absolute tolerance (default by precision: fp32 {DEFAULT_ATOL:g}, fp16 {TOLERANCES['fp16'][0]:g}, bf16 {TOLERANCES['bf16'][0]:g})")
+    p.add_argument("--rtol", type=_finite_nonnegative, help=f"tolerance relative to the output's max |value| (default by precision: fp32 {DEFAULT_RTOL:g}, fp16 {TOLERANCES['fp16'][1]:g}, bf16 {TOLERANCES['bf16'][1]:g})")
     p.add_argument("--fp16", action="store_true", help="fp16 on the runtimes: an fp16 graph for ONNX Runtime, the f16 hint for OpenVINO (bf16 where the CPU "
                    "lacks fp16), an fp16 engine for TensorRT; modules that overflow or lose accuracy are found and kept in fp32 where the runtime allows")
     p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
@@ -56,17 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full module (runs code from the file)")
     p.add_argument("--arch", metavar="SPEC", help="package.module:callable (or zoo:NAME) building the model a state_dict belongs to")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="import MODULE first (so pickled classes resolve); repeatable")
-    p.add_argument("--threads", type=int, help="threads for every runtime and PyTorch (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu (default); with onnxruntime-gpu: cuda or tensorrt (ONNX Runtime's CUDA/TensorRT providers)")
-    p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
+    p.add_argument("--threads", type=_positive_int, help="threads for every runtime and PyTorch (default: all cores)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu (default); with onnxruntime-gpu: cuda or tensorrt (ONNX Runtime's CUDA/TensorRT providers)")
+    p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], choices=RUNTIMES, metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="measure latency (default on)")
-    p.add_argument("--iterations", type=int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
+    p.add_argument("--iterations", type=_positive_int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
     p.add_argument("--explain", action="store_true", help="localise the first diverging layer even when parity holds (automatic on a parity failure)")
     p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="with --dynamic-batch: parity is checked at each, and TensorRT's profile is built "
                    "for it (default 1,BATCH,max(8,BATCH) with BATCH the input shape's)")
-    p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
+    p.add_argument("--workspace", type=_positive_int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
     p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
     p.add_argument("--version", action="version", version=f"polyexport {__version__}")
     return p
@@ -140,10 +179,15 @@ def run(argv: list[str] | None = None) -> int:
     from .load import load_model
     from .pipeline import check_runtimes, export
 
-    if args.target not in TARGETS:
-        raise BadInput(f"unknown target '{args.target}'; choose one of {', '.join(TARGETS)}")
+    from .inputs import check_input_sizes
+    from .outdir import check_out
+
+    check_out(args.out, args.force, [args.model] if os.path.exists(args.model) else [])  # before any work
     shapes = [parse_shape(s) for s in args.input_shape or []]
+    check_input_sizes(shapes)
     batch_range = None
+    if args.batch_range and not args.dynamic_batch:
+        raise BadInput("--batch-range needs --dynamic-batch (a static graph has one batch size)")
     if args.batch_range:
         try:
             batch_range = tuple(int(v) for v in args.batch_range.split(","))
@@ -187,7 +231,9 @@ def run(argv: list[str] | None = None) -> int:
                f"outputs differ from PyTorch beyond atol {tol['atol']:g} + {tol.get('effective_rtol', tol['rtol']):.3g}·scale ({tol.get('precision', 'fp32')})")
         err_console.print(f"[bold red]parity failed[/] first at {first}{also}: {escape(why)}; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
         return 1
-    console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {args.out}/report.md", soft_wrap=True)
+    for n in report.notes[len(notes):]:
+        console.print(f"[yellow]note[/] {escape(n)}", soft_wrap=True)
+    console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {report.out or args.out}/report.md", soft_wrap=True)
     return 0
 
 
@@ -196,13 +242,13 @@ def verify_main(argv: list[str]) -> int:
     p = _Parser(prog="polyexport verify", description="Check a bundle written with --bundle on this machine's runtime: parity with the PyTorch outputs it holds, and latency.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--target", required=True, choices=["onnxruntime", "openvino", "tensorrt"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--iterations", type=_positive_int, default=20)
     p.add_argument("--fp16", action="store_true", help="run in fp16 (the tolerance follows the precision the runtime reports)")
-    p.add_argument("--atol", type=float, help="override the bundle's tolerance")
-    p.add_argument("--rtol", type=float, help="override the bundle's tolerance")
+    p.add_argument("--atol", type=_finite_nonnegative, help="override the bundle's tolerance")
+    p.add_argument("--rtol", type=_finite_nonnegative, help="override the bundle's tolerance")
     p.add_argument("--json", metavar="FILE", help="write the result here")
     args = p.parse_args(argv)
     from .bundle import verify_bundle
@@ -282,7 +328,30 @@ def layers_main(argv: list[str]) -> int:
 SUBCOMMANDS = {"verify": verify_main, "check": check_main, "layers": layers_main}
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so every `with` and `finally` cleans up on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+def without_working_directory() -> None:
+    """Drop the working directory from sys.path, where `python -m polyexport` (or an empty entry) put it
+    first, before polyexport imports its dependencies; load.user_code_paths adds it back, last, when needed."""
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+
+
 def main(argv: list[str] | None = None) -> None:
+    without_working_directory()  # `python -m polyexport` put it first: nothing there may shadow a dependency
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _terminate)
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = SUBCOMMANDS[argv[0]](argv[1:]) if argv and argv[0] in SUBCOMMANDS else run(argv)
@@ -290,8 +359,14 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         code = e.exit_code
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        code = 130
+        err_console.print("interrupted; nothing written")
+        code = 128 + signal.SIGINT
+    except Terminated as t:
+        err_console.print(f"terminated by {signal.Signals(t.signum).name}; nothing written")
+        code = 128 + t.signum
+    except MemoryError:
+        err_console.print("[bold red]error:[/] out of memory (a smaller --input-shape or batch range may fit)")
+        code = 2
     sys.exit(code)
 
 

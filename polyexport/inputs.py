@@ -37,6 +37,21 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def check_input_sizes(shapes: list[tuple[int, ...]]) -> None:
+    """Refuse inputs that cannot fit before anything is allocated: the parity inputs are several of each,
+    and the model's activations several times more, so no input may take over a quarter of free memory."""
+    from .load import available_memory
+
+    free = available_memory()
+    for shape in shapes:
+        n = 1
+        for d in shape:
+            n *= d
+        if free and n * 4 > free // 4:
+            raise BadInput(f"--input-shape {'x'.join(map(str, shape))} is {n * 4 / 2**30:.1f} GiB as float32, too much for the "
+                           f"{free / 2**30:.1f} GiB of memory available (inputs may use a quarter of it)")
+
+
 def make_specs(shapes: list[tuple[int, ...]]) -> list[InputSpec]:
     if len(shapes) == 1:
         return [InputSpec("input", shapes[0])]

@@ -32,11 +32,16 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def add_import_paths(imports: list[str] | None) -> None:
-    """Put the working directory on sys.path and import `--import` modules so pickled classes resolve."""
+def user_code_paths(imports: list[str] | None) -> None:
+    """Make the user's own code importable: the working directory, then `--import` modules.
+
+    Called only where user code is needed (a `module:callable` MODEL or --arch, a trusted pickle, --import),
+    and the working directory goes to the *end* of sys.path: a file there named like one of polyexport's
+    dependencies (`onnxsim.py`) must never be imported in its place.
+    """
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     for mod in imports or []:
         try:
             importlib.import_module(mod)
@@ -82,6 +87,33 @@ def build_from_spec(spec: str) -> Loaded:
     if not isinstance(model, nn.Module):
         raise BadInput(f"'{spec}()' returned {type(model).__name__}, not a torch.nn.Module")
     return Loaded(model, spec, getattr(model, "default_input_shape", None))
+
+
+def check_model_file(path: str) -> None:
+    """MODEL must be a regular file no larger than the memory free to read it (not a folder, a FIFO or a
+    device such as /dev/zero, which would hang or eat memory until killed)."""
+    import stat
+
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{path} is a directory, not a model file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{path} is not a regular file (a device, FIFO or socket): give a model file")
+    free = available_memory()
+    if free and st.st_size > free:
+        raise BadInput(f"{path} is {st.st_size / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory available to load it")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _unsafe_globals(path: str) -> list[str]:
@@ -168,10 +200,10 @@ def load_state_dict_into(model: nn.Module, sd: Mapping, where: str) -> None:
 
 def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False, imports: list[str] | None = None) -> Loaded:
     """Load MODEL as the CLI describes it; raise BadInput with a one-line reason otherwise."""
-    add_import_paths(imports)
+    if imports or arch or trust_pickle or (":" in spec and not spec.startswith("zoo:") and not os.path.exists(spec)):
+        user_code_paths(imports)
     if os.path.exists(spec):
-        if os.path.isdir(spec):
-            raise BadInput(f"{spec} is a directory, not a model file")
+        check_model_file(spec)
         ckpt = _read_checkpoint(spec, trust_pickle)
         if isinstance(ckpt, nn.Module):
             loaded = Loaded(ckpt, f"pickled module {type(ckpt).__name__} from {spec}")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Sequence
 
@@ -23,6 +21,7 @@ from .convert import TARGETS, assignment, convert
 from .errors import BadInput
 from .export import export_onnx, flatten_outputs, output_names
 from .modules import set_eval
+from .outdir import OutputTransaction, check_out
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .noise_floor import measure_noise_floor
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck, check_runner, reference_warnings
@@ -114,20 +113,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _prepare_out(out: str, force: bool) -> str:
-    if os.path.exists(out) and not force:
-        raise BadInput(f"output folder {out} exists; pass --force to replace it (or choose another --out)")
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=".polyexport-", dir=parent)
-
-
-def _commit_out(tmp: str, out: str) -> None:
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
     try:
         # no_grad, not inference_mode: models cache tensors made in forward (YOLOv5's Detect grids), and an
@@ -213,7 +198,7 @@ def _whole_model_choice(exported, records, alternatives: dict[str, tuple], array
 
 
 def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None):
-    """The deployment the pipeline exports: (deployed model, layer records, form choices).
+    """The deployment the pipeline exports: (deployed model, layer records, form choices, notes on the form cache).
 
     With automatic choice, each layer's exact forms are timed on the target runtime (autoform.FormTimer),
     then the per-layer choice is timed as a whole graph against each single forced form and the
@@ -232,7 +217,8 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
             with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
                 exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, ranker)
             choices.append(entry)
-    return exported, records, choices
+    notes = list(dict.fromkeys(ranker.notes)) if ranker else []  # the form cache's troubles: reported, never fatal
+    return exported, records, choices, notes
 
 
 def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions, noise: list[float]):
@@ -320,6 +306,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     opts = ExportOptions(target=target, out=out, **options)
     step = progress or (lambda _msg: contextlib.nullcontext())
     runtime_names = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
+    check_out(opts.out, opts.force)  # before any work: a bad --out costs nothing
 
     if example_inputs is not None:
         shapes = [tuple(t.shape) for t in example_inputs]
@@ -351,12 +338,13 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
 
     report = Report(model=name or type(model).__name__, target=opts.target, deploy=opts.deploy, versions=versions(),
                     inputs=[s.as_dict() for s in specs], notes=list(notes), warnings=warnings, noise_floor=floor.as_dict())
-    tmp = _prepare_out(opts.out, opts.force)
-    diag = tempfile.mkdtemp(prefix="polyexport-diag-")  # what is not an artifact: the raw export, diagnostic graphs
-    try:
+    transaction = OutputTransaction(opts.out, opts.force)
+    tmp, diag = str(transaction.artifacts), str(transaction.scratch)  # diag: what is not an artifact (raw export, diagnostic graphs)
+    with transaction:
         exported, records = model, []
         if opts.deploy:
-            exported, records, report.form_choices = deploy_for(model, parity_sets[0][1], opts, step)
+            exported, records, report.form_choices, form_notes = deploy_for(model, parity_sets[0][1], opts, step)
+            report.notes += form_notes
             report.layers = [r.as_dict() for r in records]
             check = ParityCheck("torch-deployed", *opts.fp32_tolerances, noise)
             for label, arrays in parity_sets:
@@ -441,11 +429,9 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
             write_bundle(os.path.join(tmp, "bundle"), onnx_path, report.inputs, output_names(n_outputs), parity_sets, refs,
                          opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model,
                          sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])}))
-        _commit_out(tmp, opts.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(diag, ignore_errors=True)
-    report.artifacts = {k: os.path.join(opts.out, v) for k, v in report.artifacts.items()}
+        written = transaction.commit()
+    if written != transaction.target:
+        report.notes.append(f"{opts.out} appeared while this run went on: the results were written to {written} instead")
+    report.out = str(written)
+    report.artifacts = {k: os.path.join(str(written), v) for k, v in report.artifacts.items()}
     return report

@@ -25,6 +25,7 @@ class Report:
     precision: dict[str, dict] = field(default_factory=dict)  # with --fp16, per runtime: asked, ran, modules kept in fp32
     warnings: list[str] = field(default_factory=list)  # what makes the reference a poor witness (parity.reference_warnings)
     noise_floor: dict = field(default_factory=dict)  # the reference's own fp32 rounding per output (noise_floor.py)
+    out: str = ""  # where the artifacts were written (not in report.json: that is written before they move there)
 
     @property
     def passed(self) -> bool:

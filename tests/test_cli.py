@@ -106,7 +106,7 @@ def test_loose_tolerance_is_honoured(out):
     (["--input-shape", "1x3xbanana"], "malformed --input-shape '1x3xbanana'"),
     (["--input-shape", "1x0x32x32"], "every dimension must be positive"),
     (["--input-shape", "1x5x32x32"], "the model rejects input shape 1x5x32x32"),
-    (["--target", "coreml"], "unknown target 'coreml'"),
+    (["--target", "coreml"], "invalid choice: 'coreml'"),
     (["--form", "Nope=fast"], "unknown layer type 'Nope'"),
 ])
 def test_bad_input_exit_2_nothing_written(args, message, out, capsys):
@@ -128,8 +128,13 @@ def test_existing_out_needs_force(out):
     open(marker, "w").write("mine")
     assert cli("usernets:build", "--input-shape", "1x3x32x32", "--out", out, *FAST) == 2
     assert open(marker).read() == "mine"
+    assert cli("usernets:build", "--input-shape", "1x3x32x32", "--out", out, "--force", *FAST) == 2  # not polyexport's: kept
+    assert open(marker).read() == "mine"
+    os.remove(marker)
+    assert cli("usernets:build", "--input-shape", "1x3x32x32", "--out", out, *FAST) == 2  # empty, but there: needs --force
     assert cli("usernets:build", "--input-shape", "1x3x32x32", "--out", out, "--force", *FAST) == 0
-    assert not os.path.exists(marker) and os.path.exists(os.path.join(out, "report.json"))
+    assert cli("usernets:build", "--input-shape", "1x3x32x32", "--out", out, "--force", *FAST) == 0  # polyexport's own: replaced
+    assert os.path.exists(os.path.join(out, "report.json"))
 
 
 def test_missing_runtime_exit_3(out, capsys):
