@@ -4,7 +4,11 @@ Every form keeps the official dataflow (AvgPool2d(2, 2) down, nearest ×2 up, th
 conventions) and folds the norm layers into the convs: y_h = s_h·(h2h + up(l2h)) + t_h, and nearest
 upsampling copies values, so s_h scales both conv_h2h and conv_l2h and t_h goes into conv_h2h's bias
 alone (likewise s_l into h2l and l2l, t_l into h2l, or l2l where a depthwise layer has no h2l).
-The activation of Conv_BN_ACT stays a separate op on each output.
+Only an exact nn.BatchNorm2d with running statistics is folded: any other norm layer (a subclass that
+adds work to its forward, as timm's BatchNormAct2d adds its activation; GroupNorm; …) is kept as it
+is, a module applied to the conv output. The activation of Conv_BN_ACT stays a separate op on each
+output. A string padding is written out as numbers ('same' with dilation exports as an auto_pad that
+ONNX Runtime refuses; see _padding.py).
 
 - "merged": conv_l2l and conv_l2h read the same tensor x_l at stride 1, with the same kernel,
   padding and dilation: one conv over x_l, its output split (when both have groups 1; otherwise
@@ -22,8 +26,8 @@ The activation of Conv_BN_ACT stays a separate op on each output.
   input holds only the convs it uses.
 - "separate": the official four convs (BN folded), for comparison.
 
-All forms are exact for every configuration the reference runs; layers with alpha_in = 1 or
-alpha_out = 1 have no conv_h2h and cannot run, so no form is offered for them.
+All forms are exact for every configuration the reference runs, whatever its norm layer; layers with
+alpha_in = 1 or alpha_out = 1 have no conv_h2h and cannot run, so no form is offered for them.
 """
 from __future__ import annotations
 
@@ -41,29 +45,40 @@ from ..layers.octconv import (
     OctOutput,
     split_input,
 )
+from ._padding import split_padding, written_out
 from .conv_bn import bn_scale_shift
 
 FORMS = ("merged", "merged_deconv", "concat", "separate")
 
 
 def _scaled(conv: nn.Conv2d | None, s: torch.Tensor | None, t: torch.Tensor | None) -> nn.Conv2d | None:
-    """A copy of `conv` computing s·conv(x) + t per output channel (float64 arithmetic); None stays None."""
+    """A copy of `conv` computing s·conv(x) + t per output channel (float64 arithmetic); None stays None.
+
+    A 'same' padding that is symmetric becomes numbers here (so such convs can still merge)."""
     if conv is None:
         return None
-    if s is None and t is None:
-        return copy.deepcopy(conv)
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
     if s is not None:
         w, b = w * s.reshape(-1, 1, 1, 1), b * s
     if t is not None:
         b = b + t
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    padding, pad = split_padding(conv)
+    padding = conv.padding if pad is not None else padding  # asymmetric: written out once built (written_out)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None or s is not None or t is not None,
+                    padding_mode=conv.padding_mode)
     with torch.no_grad():
         new.weight.copy_(w.to(conv.weight.dtype))
-        new.bias.copy_(b.to(conv.weight.dtype))
+        if new.bias is not None:
+            new.bias.copy_(b.to(conv.weight.dtype))
     return new
+
+
+def foldable(norm: nn.Module | None) -> bool:
+    """Exactly nn.BatchNorm2d with running statistics: a subclass may add work to its forward (timm's
+    BatchNormAct2d adds its activation), and without statistics eval mode normalises by the batch's own."""
+    return type(norm) is nn.BatchNorm2d and norm.track_running_stats and norm.running_mean is not None
 
 
 def _same_geometry(a: nn.Conv2d, b: nn.Conv2d) -> bool:
@@ -106,7 +121,7 @@ def nearest_up_deconv(channels: int) -> nn.ConvTranspose2d:
 
 
 class OctaveConvDeploy(nn.Module):
-    """The OctaveConv dataflow with norms folded into the convs, l2l+l2h merged where exact.
+    """The OctaveConv dataflow with BatchNorms folded into the convs (other norms kept), l2l+l2h merged where exact.
 
     Python branches depend only on the layer's configuration and on the input's structure (tuple or
     tensor), as the official forward's do, never on tensor values.
@@ -119,8 +134,11 @@ class OctaveConvDeploy(nn.Module):
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.form, self.stride, self.is_dw = form, ref.stride, ref.is_dw
         self.pool = nn.AvgPool2d(2, 2)
-        s_h, t_h = bn_scale_shift(bn_h) if bn_h is not None else (None, None)
-        s_l, t_l = bn_scale_shift(bn_l) if bn_l is not None else (None, None)
+        s_h, t_h = bn_scale_shift(bn_h) if foldable(bn_h) else (None, None)
+        s_l, t_l = bn_scale_shift(bn_l) if foldable(bn_l) else (None, None)
+        # a norm that cannot be folded is applied as it is, after the convs and before the activation
+        self.norm_h = copy.deepcopy(bn_h) if bn_h is not None and not foldable(bn_h) else nn.Identity()
+        self.norm_l = copy.deepcopy(bn_l) if bn_l is not None and not foldable(bn_l) else nn.Identity()
         use_h2l = ref.alpha_out > 0 and not ref.is_dw
         self.h2h = _scaled(ref.conv_h2h, s_h, t_h)
         self.h2l = _scaled(ref.conv_h2l, s_l, t_l) if use_h2l else None
@@ -148,9 +166,13 @@ class OctaveConvDeploy(nn.Module):
         if self.low is not None or self.cat_h is not None:
             self.l2h = None
         self.act = copy.deepcopy(act) if act is not None else nn.Identity()
+        for name in ("h2h", "h2l", "l2h", "l2l", "low", "cat_h", "cat_l"):  # a 'same' padding left: ZeroPad2d + conv
+            conv = getattr(self, name)
+            if conv is not None:
+                setattr(self, name, written_out(conv))
 
     def _out(self, y_h: torch.Tensor, y_l: torch.Tensor | None) -> OctOutput:
-        return self.act(y_h), (None if y_l is None else self.act(y_l))
+        return self.act(self.norm_h(y_h)), (None if y_l is None else self.act(self.norm_l(y_l)))
 
     def forward(self, x: OctInput) -> OctOutput:
         x_h, x_l = split_input(x)
@@ -191,13 +213,11 @@ class OctaveConvDeploy(nn.Module):
 
 
 def unsupported(ref: nn.Module) -> str | None:
-    """Why no form represents this layer, or None: the reference cannot run, or its norm cannot be folded."""
+    """Why no form represents this layer, or None: the reference cannot run (a norm that cannot be
+    folded is no reason: it is kept as a module)."""
     wrapped = isinstance(ref, (Conv_BN, Conv_BN_ACT))
     if (ref.conv if wrapped else ref).conv_h2h is None:
         return "alpha_in = 1 or alpha_out = 1: the layer has no conv_h2h and its forward fails (official code too)"
-    for bn in (ref.bn_h, ref.bn_l) if wrapped else ():
-        if bn is not None and not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
-            return f"norm layer {type(bn).__name__} cannot be folded (only BatchNorm2d with running statistics)"
     return None
 
 
