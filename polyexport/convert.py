@@ -288,13 +288,21 @@ class _LeafTracer(fx.Tracer):
 def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     if has_hooks(producer) or has_hooks(consumer):  # someone observes the BN's input or the conv's output
         return False
-    conv_like = (isinstance(producer, nn.Conv2d) and producer.padding_mode == "zeros") or hasattr(producer, "fuse_bn")
+    # a plain conv is rebuilt by fuse_conv_bn: only one computing nn.Conv2d's own forward (a subclass may pad
+    # from the input size, as timm's Conv2dSame does); other modules fold through their own fuse_bn
+    plain = (isinstance(producer, nn.Conv2d) and type(producer).forward is nn.Conv2d.forward
+             and type(producer)._conv_forward is nn.Conv2d._conv_forward and producer.padding_mode == "zeros")
+    conv_like = plain or hasattr(producer, "fuse_bn")
     # exactly BatchNorm2d: a subclass may add work to its forward (timm's BatchNormAct2d adds the activation)
     return conv_like and type(consumer) is nn.BatchNorm2d and consumer.track_running_stats and consumer.running_mean is not None
 
 
 def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:
-    return hasattr(producer, "fuse_next_conv") and isinstance(consumer, nn.Conv2d) and not (has_hooks(producer) or has_hooks(consumer))
+    # the producer rebuilds the conv as a plain nn.Conv2d: only one computing nn.Conv2d's own forward (a subclass
+    # may pad from the input size, as timm's Conv2dSame and the Conv2dSame MixConv's forms return do)
+    plain = (isinstance(consumer, nn.Conv2d) and type(consumer).forward is nn.Conv2d.forward
+             and type(consumer)._conv_forward is nn.Conv2d._conv_forward)
+    return hasattr(producer, "fuse_next_conv") and plain and not (has_hooks(producer) or has_hooks(consumer))
 
 
 def _pairs(module: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]) -> list[tuple[str, str]] | None:

@@ -13,6 +13,7 @@ from polyexport import deploy
 from polyexport.convert import convert
 from polyexport.deploy_layers.conv_bn import fuse_conv_bn
 from polyexport.deploy_layers.spd_conv import SpaceToDepthConv, SpaceToDepthDeploy, onnx_space_to_depth, to_deploy
+from polyexport.layers.mixconv import Conv2dSame, MixedConv2d
 from polyexport.layers.spd_conv import SPDConv, space_to_depth
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import spd_conv as foreign
@@ -303,3 +304,92 @@ def test_converter_leaves_unfoldable_pair_exact():
     assert [(r.name, r.form) for r in records] == [("0", "space_to_depth_op"), ("2", "folded")]
     assert isinstance(dep[0], SpaceToDepthDeploy)
     assert_equivalent(model, dep, torch.randn(4, 2, 6, 10))
+
+
+# --- (g) holes found by tests/test_forms_property.py, kept as regression tests ------------------------
+
+def _no_auto_pad(path: str) -> None:
+    for node in onnx.load(path).graph.node:
+        assert all(a.name != "auto_pad" or a.s in (b"", b"NOTSET") for a in node.attribute), node.name
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("order", ["spd", "onnx"])
+def test_scale_1_is_the_identity_and_exports(form, order):
+    """space_to_depth accepts scale=1; its forms crashed the exporter (IndexError: Argument passed to at()
+    was not in the map) in the property test's example SPDConv(1, 1, k=1, scale=1)."""
+    alone = space_to_depth(scale=1, order=order)
+    x = torch.randn(3, 2, 5, 7)
+    assert torch.equal(to_deploy(alone, form)(x), x)
+    check_on_runtimes(alone, to_deploy(alone, form), [(1, 2, 5, 7)], batches=(1, 3))
+    block = randomize_(SPDConv(1, 1, 1, scale=1))
+    assert_equivalent(block, to_deploy(block, form), torch.randn(2, 1, 2, 2))
+    check_on_runtimes(block, to_deploy(block, form), [(1, 1, 2, 2)], batches=(1, 2))
+    model = randomize_(nn.Sequential(space_to_depth(scale=1, order=order), nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4)))
+    dep, records = convert(model, forms={"space_to_depth": form})
+    assert [r.form for r in records] == [form, "absorbed", "folded"]
+    check_on_runtimes(model, dep, [(2, 3, 6, 6)], batches=(2, 4))
+
+
+class _Conv2dSameLike(nn.Conv2d):
+    """A conv subclass with its own forward that pads from the input size (timm's Conv2dSame) and is an fx
+    leaf (as torch.nn's own classes are) without fuse_bn: the converter must not rebuild it as a plain conv."""
+
+    __module__ = "torch.nn.modules.conv_same_like"  # what makes torch.fx keep a module whole
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+#: next convs SPD must not rebuild: ours (fuse_bn, so an fx leaf), a MixConv whose 'single' form is one
+#: (the property test's example: MixedConv2d(24, 5, [3, 5, 5], s=2, 'same', d=2) after an SPD layer crashed),
+#: and a leaf subclass without fuse_bn
+SAME_NEIGHBOURS = {
+    "Conv2dSame": lambda cin: Conv2dSame(cin, 6, 3, stride=2),
+    "MixConv-same-s2": lambda cin: MixedConv2d(cin, 5, [3, 5, 5], stride=2, padding="same", dilation=2),
+    "leaf-subclass": lambda cin: _Conv2dSameLike(cin, 6, 3, stride=2),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("neighbour", list(SAME_NEIGHBOURS))
+@pytest.mark.parametrize("bn", [False, True])
+def test_next_conv_with_its_own_forward_is_not_absorbed(form, neighbour, bn):
+    model = randomize_(nn.Sequential(space_to_depth(), SAME_NEIGHBOURS[neighbour](24), *([nn.BatchNorm2d(6)] if bn else [])))
+    if neighbour.startswith("MixConv") and bn:
+        model[2] = randomize_(nn.BatchNorm2d(5))
+    dep, records = convert(model, forms={"space_to_depth": form})
+    assert not any(r.form == "absorbed" for r in records)
+    if neighbour == "leaf-subclass":  # no fuse_bn and its own forward: the BN is not folded into a plain conv either
+        assert not any(r.form == "folded" for r in records)
+    for hw in ((10, 10), (12, 6), (6, 14)):
+        assert_equivalent(model, dep, torch.randn(3, 6, *hw))
+    check_on_runtimes(model, dep, [(2, 6, 10, 6)], batches=(2, 3))
+
+
+def test_fuse_next_conv_declines_a_conv_with_its_own_forward():
+    for form in FORMS:
+        spd = to_deploy(space_to_depth(), form)
+        assert spd.fuse_next_conv(Conv2dSame(12, 4, 3, stride=2)) is None
+        assert spd.fuse_next_conv(_Conv2dSameLike(12, 4, 3)) is None
+        assert spd.fuse_next_conv(nn.Conv2d(12, 4, 3)) is not None
+
+
+#: 'same' padding with dilation on the absorbed conv (torch exports it as auto_pad, which ONNX Runtime
+#: refuses with dilation): the property test's example (1×1, dilation 2), symmetric and asymmetric paddings
+SAME_DILATED = [dict(kernel_size=1, dilation=2), dict(kernel_size=3, dilation=2), dict(kernel_size=2, dilation=3),
+                dict(kernel_size=4, dilation=1, groups=2)]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("order", ["spd", "onnx"])
+@pytest.mark.parametrize("kw", SAME_DILATED, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
+def test_absorbed_same_padding_is_written_out(form, order, kw):
+    model = randomize_(nn.Sequential(space_to_depth(order=order), nn.Conv2d(8, 6, padding="same", **kw), nn.BatchNorm2d(6)))
+    dep, records = convert(model, forms={"space_to_depth": form})
+    absorbed = kw.get("groups", 1) == 1 or order == "onnx"  # else the block permutation crosses the groups
+    if absorbed:
+        assert [r.form for r in records][1:] == ["absorbed", "folded"]
+        assert not any(isinstance(m, nn.Conv2d) and isinstance(m.padding, str) for m in dep.modules())
+    assert_equivalent(model, dep, torch.randn(3, 2, 10, 6))
+    check_on_runtimes(model, dep, [(2, 2, 10, 6)], batches=(2, 3), onnx_check=_no_auto_pad if absorbed else None)

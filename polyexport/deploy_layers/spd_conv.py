@@ -14,15 +14,22 @@ block size 4). Two exact forms:
   or dilation, the pair is fused as "space_to_depth_op" would fuse it.
 
 Both are defined wherever the reference is (H and W multiples of the block size; the reference
-raises otherwise, and so does SpaceToDepth).
+raises otherwise, and so does SpaceToDepth). Block size 1 is the identity: nothing in the graph, and
+the next conv absorbs it as it is. Only a conv that computes nn.Conv2d's own forward is absorbed: a
+subclass with its own forward (timm's Conv2dSame pads from the input size) is declined, and the SPD
+layer stays before it. A 'same' padding of the absorbing conv is written out as numbers (_padding.py).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..convert import Form, register_layer
 from ..layers.spd_conv import SPDConv, block_order, space_to_depth
+from ._padding import plain_conv, split_padding, written_out
 from .conv_bn import fuse_conv_bn
 
 FORMS = ("space_to_depth_op", "strided_conv")
@@ -55,15 +62,17 @@ def _onnx_to_ref_channels(channels: int, scale: int, order: str) -> torch.Tensor
     return torch.tensor([b * c + i for b in blocks for i in range(c)])
 
 
-def _permuted_input_conv(conv: nn.Conv2d, scale: int, order: str) -> nn.Conv2d | None:
-    """A copy of `conv` that reads ONNX-ordered channels; None if the permutation crosses its groups."""
+def _permuted_input_conv(conv: nn.Conv2d, scale: int, order: str) -> tuple[nn.Conv2d, tuple[int, int, int, int] | None] | None:
+    """A copy of `conv` that reads ONNX-ordered channels, and the zeros to pad its input with first;
+    None if the permutation crosses its groups."""
     if conv.in_channels % (scale * scale):
         return None
     src = _onnx_to_ref_channels(conv.in_channels, scale, order)
     gi, go = conv.in_channels // conv.groups, conv.out_channels // conv.groups
     if not torch.equal(src // gi, torch.arange(conv.in_channels) // gi):
         return None
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    padding, pad = split_padding(conv)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
     with torch.no_grad():
         w = conv.weight.detach()
@@ -72,16 +81,17 @@ def _permuted_input_conv(conv: nn.Conv2d, scale: int, order: str) -> nn.Conv2d |
             new.weight[g * go:(g + 1) * go] = w[g * go:(g + 1) * go][:, local]
         if conv.bias is not None:
             new.bias.copy_(conv.bias.detach())
-    return new
+    return new, pad
 
 
 def _strided_conv(conv: nn.Conv2d, scale: int, order: str) -> nn.Conv2d | None:
     """The single conv equal to conv(space_to_depth(x)); None where no single dense conv is."""
+    padding, pad = split_padding(conv)
     if (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str) or conv.in_channels % (scale * scale)):
+            or pad is not None or conv.in_channels % (scale * scale)):
         return None
     c = conv.in_channels // (scale * scale)
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, padding
     new = nn.Conv2d(c, conv.out_channels, (scale * kh, scale * kw), (scale * sh, scale * sw),
                     (scale * ph, scale * pw), bias=conv.bias is not None)
     with torch.no_grad():
@@ -94,18 +104,21 @@ def _strided_conv(conv: nn.Conv2d, scale: int, order: str) -> nn.Conv2d | None:
 
 
 class SpaceToDepthConv(nn.Module):
-    """ONNX SpaceToDepth, then a conv whose input channels were permuted to ONNX's order."""
+    """ONNX SpaceToDepth, zero padding where the conv's own is asymmetric ('same'), then a conv whose
+    input channels were permuted to ONNX's order."""
 
-    def __init__(self, scale: int, conv: nn.Conv2d):
+    def __init__(self, scale: int, conv: nn.Conv2d, pad: tuple[int, int, int, int] | None = None):
         super().__init__()
         self.scale = scale
         self.conv = conv
+        self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(onnx_space_to_depth(x, self.scale))
+        y = onnx_space_to_depth(x, self.scale)
+        return self.conv(y if self.pad is None else F.pad(y, self.pad))
 
     def fuse_bn(self, bn: nn.BatchNorm2d) -> nn.Module:
-        return SpaceToDepthConv(self.scale, fuse_conv_bn(self.conv, bn))
+        return SpaceToDepthConv(self.scale, fuse_conv_bn(self.conv, bn), self.pad)
 
 
 class SpaceToDepthDeploy(nn.Module):
@@ -122,27 +135,33 @@ class SpaceToDepthDeploy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scale
+        if s == 1:  # one block: the identity (and SpaceToDepth with blocksize 1 does not export)
+            return x
         y = onnx_space_to_depth(x, s)
-        if self.order == "onnx" or s == 1:
+        if self.order == "onnx":
             return y
         # ONNX blocks are (row, col) with col fastest; the reference's are (col, row): swap the two.
         return y.unflatten(1, (s, s, -1)).transpose(1, 2).flatten(1, 3)
 
     def fuse_next_conv(self, conv: nn.Conv2d) -> nn.Module | None:
         """One module equal to conv(self(x)), or None to leave the pair as it is."""
+        if self.scale == 1:  # the identity: the conv as it is, whatever its forward (a 'same' padding written out)
+            return written_out(copy.deepcopy(conv))
+        if not plain_conv(conv):
+            return None
         if self.form == "strided_conv":
             single = _strided_conv(conv, self.scale, self.order)
             if single is not None:
                 return single
         permuted = _permuted_input_conv(conv, self.scale, self.order)
-        return None if permuted is None else SpaceToDepthConv(self.scale, permuted)
+        return None if permuted is None else SpaceToDepthConv(self.scale, *permuted)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, order={self.order!r}, form={self.form!r}"
 
 
 def _fuse_bn(module: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
-    return fuse_conv_bn(module, bn) if isinstance(module, nn.Conv2d) else module.fuse_bn(bn)
+    return module.fuse_bn(bn) if hasattr(module, "fuse_bn") else fuse_conv_bn(module, bn)
 
 
 def to_deploy(ref: nn.Module, form: str = "space_to_depth_op") -> nn.Module:
