@@ -256,6 +256,13 @@ def verify_main(argv: list[str]) -> int:
     with _step(f"verify {args.bundle} on {args.target}"):
         result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol, args.fp16)
     pr = result["parity"][args.target]
+    tol = result["tolerance"]
+    line = (f"tolerance: atol {tol['atol']:g}, rtol {tol['rtol']:g} (allowed error / scale {tol['effective_rtol']:.3g}, "
+            f"with the model's noise floor), from the {tol['source']}")
+    if "looser" in tol["source"]:
+        err_console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    else:
+        console.print(escape(line), soft_wrap=True)
     console.print(f"parity on {args.target}: max abs err {pr['max_abs_err']:.3g}, max err / scale {pr['max_rel_err']:.3g}, "
                   f"cosine {pr['cosine']:.8f} over {pr['comparisons']} outputs: " + ("[green]passed[/]" if pr["passed"] else f"[bold red]FAILED[/] {escape(pr.get('error', ''))}"))
     for rt, s in result.get("latency_ms", {}).items():

@@ -428,7 +428,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
 
             write_bundle(os.path.join(tmp, "bundle"), onnx_path, report.inputs, output_names(n_outputs), parity_sets, refs,
                          opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model,
-                         sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])}))
+                         sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])}), noise)
         written = transaction.commit()
     if written != transaction.target:
         report.notes.append(f"{opts.out} appeared while this run went on: the results were written to {written} instead")

@@ -52,9 +52,14 @@ def test_bundle_verifies_without_torch(bundle, target, tmp_path):
     assert manifest["dynamic_batch"] and manifest["inputs"][0]["shape"] == [2, 3, 24, 24]
 
 
-def test_bundle_catches_a_wrong_runtime_result(bundle, tmp_path):
-    """Tolerance from the manifest is really applied: an impossible one fails with exit 1."""
-    assert cli("verify", bundle, "--target", "onnxruntime", "--no-bench", "--rtol", "0", "--atol", "0") == 1
+def test_a_stricter_tolerance_from_the_command_line_is_applied_and_said(bundle, tmp_path):
+    """rtol 0 leaves only the model's own noise floor (parity.NOISE_MULTIPLE) as the allowance."""
+    result = tmp_path / "r.json"
+    cli("verify", bundle, "--target", "onnxruntime", "--no-bench", "--rtol", "0", "--atol", "0", "--json", str(result))
+    r = json.loads(result.read_text())
+    p = r["parity"]["onnxruntime"]
+    assert r["tolerance"]["source"] == "command line" and p["rtol"] == 0 and p["atol"] == 0
+    assert p["effective_rtol"] == p["noise_multiple"] * p["noise_floor"] and r["passed"] == (p["max_rel_err"] <= p["effective_rtol"])
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered", "manifest"])
@@ -143,3 +148,65 @@ def test_reference_layers_are_flagged_and_tensorrt_forms_pass(make, tmp_path):
     assert ("warning", "dynamic-conv-weights") in as_written and ("error", "batch-in-group") in as_written
     deployed = _lint_layer(layer, shape, tmp_path, "tensorrt")
     assert not {r for s, r in deployed if s == "error"} and ("warning", "dynamic-conv-weights") not in deployed
+
+
+def _tamper(bundle: str, tmp_path, edit) -> str:
+    copy = str(tmp_path / "copy")
+    shutil.copytree(bundle, copy)
+    path = os.path.join(copy, "manifest.json")
+    manifest = json.load(open(path))
+    edit(manifest, copy)
+    json.dump(manifest, open(path, "w"))
+    return copy
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("inputs", [{"name": "input", "shape": [2, -3]}], "field 'inputs' is malformed"),
+    ("outputs", "output", "field 'outputs' is malformed"),
+    ("parity_sets", [], "field 'parity_sets' is malformed"),
+    ("dynamic_batch", "yes", "field 'dynamic_batch' is malformed"),
+    ("sha256", {"model.onnx": "0" * 64}, "field 'sha256' is malformed"),
+    ("format", 1, "field 'format' is malformed"),
+    ("model", None, "field 'model' is malformed"),
+])
+def test_malformed_manifest_fields_are_one_line_exit_2(bundle, tmp_path, capsys, field, value, message):
+    copy = _tamper(bundle, tmp_path, lambda m, _: m.__setitem__(field, value))
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_loosened_tolerance_in_the_bundle_is_caught(bundle, tmp_path, capsys):
+    """The tolerance lives in the checksummed tolerance.json: loosening it there is tampering, like editing the reference."""
+    def loosen(_manifest, copy):
+        path = os.path.join(copy, "tolerance.json")
+        tol = json.load(open(path))
+        tol["rtol"] = 0.5
+        json.dump(tol, open(path, "w"))
+
+    copy = _tamper(bundle, tmp_path, loosen)
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 2
+    assert "tolerance.json does not match its checksum" in capsys.readouterr().err
+
+
+def test_a_looser_tolerance_comes_only_from_the_command_line_and_is_said(bundle, tmp_path, capsys):
+    """A bundle whose model is off (weights ×1.5 in the graph) fails by its own tolerance; the command line may
+    loosen it, and verify says so."""
+    import onnx
+    from onnx import numpy_helper
+
+    def scale_weights(manifest, copy):
+        path = os.path.join(copy, "model.onnx")
+        model = onnx.load(path)
+        for t in model.graph.initializer:
+            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+        onnx.save(model, path)
+        manifest["sha256"]["model.onnx"] = __import__("polyexport.bundle", fromlist=["_sha256"])._sha256(path)
+
+    copy = _tamper(bundle, tmp_path, scale_weights)
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 1
+    capsys.readouterr()
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench", "--rtol", "10") == 0
+    assert "from the command line (looser than the bundle's)" in capsys.readouterr().err
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench", "--atol", "inf") == 2

@@ -215,7 +215,8 @@ def test_cli_fp16_bundle_and_verify(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "## Precision" in md and "| onnxruntime | fp16 | fp16 |" in md
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
-    assert manifest["tolerance"] == {"atol": None, "rtol": None} and manifest["fp16_keep_fp32"] == []
+    tolerance = json.loads((out / "bundle" / "tolerance.json").read_text())
+    assert (tolerance["atol"], tolerance["rtol"]) == (None, None) and manifest["fp16_keep_fp32"] == []
     r32 = verify_bundle(str(out / "bundle"), "onnxruntime", bench=False)
     r16 = verify_bundle(str(out / "bundle"), "onnxruntime", bench=False, fp16=True)
     assert r32["passed"] and r32["parity"]["onnxruntime"]["rtol"] == DEFAULT_RTOL
