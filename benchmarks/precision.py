@@ -84,14 +84,20 @@ def main_noise_floor(args) -> None:
 
     t0 = time.time()
     rows, records, worst = noise_floor_rows(args.models, args.threads)
+    # where the rule can matter (NOISE_MULTIPLE·floor above rtol 1e-4 needs floors of 1e-5 and more), two fp32
+    # computations differ by a small multiple of the floor; at floors near fp32's own resolution (1e-7) the
+    # ratio is of a few ulps and says nothing about the rule
+    deep = [r["stages"][k]["ratio"] for r in records if (r["noise_floor"].get("per_output") or [0])[0] >= 1e-6 for k in r["stages"]]
+    worst_deep = max(deep, default=float("nan"))
     header = ["model", "input", "noise floor (fp32 vs float64, of scale)", "torch-deployed", "onnx-exported", "onnx-simplified",
               "onnxruntime", "openvino", "passed"]
-    md = (md_table(header, rows) + f"\n\nEach stage: max error / scale (error / noise floor). Largest ratio: {worst:.2f}; "
-          f"parity.NOISE_MULTIPLE = {NOISE_MULTIPLE:g}.\n{machine()}; threads={args.threads}; parity over 2 seeds at batch 2 and the "
-          f"model's test shape; {time.time() - t0:.0f} s")
+    md = (md_table(header, rows) + f"\n\nEach stage: max error / scale (error / noise floor). Largest ratio: {worst:.2f} overall, "
+          f"{worst_deep:.2f} on models whose floor is 1e-6 or more ({len(deep) // 5} here); parity.NOISE_MULTIPLE = {NOISE_MULTIPLE:g}.\n"
+          f"{machine()}; threads={args.threads}; parity over 2 seeds at batch 2 and the model's test shape; {time.time() - t0:.0f} s")
     print()
     print(md)
-    write_outputs(args, md, {"threads": args.threads, "versions": versions(), "largest_ratio": worst, "noise_multiple": NOISE_MULTIPLE,
+    write_outputs(args, md, {"threads": args.threads, "versions": versions(), "largest_ratio": worst, "largest_ratio_floor_1e-6": worst_deep,
+                             "noise_multiple": NOISE_MULTIPLE,
                              "rows": records})
 
 
