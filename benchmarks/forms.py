@@ -36,7 +36,8 @@ def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cac
     types = sorted({r.type for r in records if r.form not in ("folded", "absorbed", "reference")})
     entries = {t.__name__: e for t, e in registered_layers().items()}
     os.environ["POLYEXPORT_CACHE"] = cache  # the pipeline's own automatic choice, with a fresh cache
-    auto, auto_records, _, _ = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
+    chosen = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
+    auto, auto_records = chosen.model, chosen.records
     preferred, preferred_records = convert(model, target=rt)
     out = {"auto": (auto, assignment(auto_records)), "preferred": (preferred, assignment(preferred_records))}
     for t in types:

@@ -5,8 +5,16 @@ thread count and the layer's shape (measured: MixConv's split form is 5× slower
 form in ONNX Runtime at 22-channel splits and on par in OpenVINO). So for each converted layer the
 usable exact forms are exported as single-layer graphs at the layer's real input (captured in one
 forward pass of the model), timed in turns on the runtime, and the fastest chosen. Timings are
-cached in a JSON file keyed by (runtime, version, device, threads, layer signature), so a second
-export of the same model, or of another with the same layer shapes, is instant.
+cached in a JSON file keyed by (runtime, version, device, threads, precision, layer signature), so a
+second export of the same model, or of another with the same layer shapes, is instant; within one run,
+layers with the same signature are timed once.
+
+Then the per-layer choice is checked as a whole graph against the single forced forms and the preferred
+order (`choose_deployment`): what a layer alone shows is not always what the whole graph does. That
+check is the costly part, so it runs only for the alternatives whose per-layer timings come within
+WHOLE_MODEL_MARGIN of the choice's: the whole-graph effects measured (fusions, layout changes between
+layers) moved a model by at most 1.16×, so an alternative already slower than that layer by layer
+cannot win as a whole graph (benchmarks/forms.py checks the result against every fixed form).
 """
 from __future__ import annotations
 
@@ -16,19 +24,26 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
-import onnx
 import torch
 from torch import nn
 
-from .bench import interleaved
-from .convert import Form, is_known_layer
+from .bench import race
+from .errors import BadInput
+from .convert import Form, LayerRecord, assignment, convert, is_known_layer, registered_layers
 from .export import export_onnx, flatten_outputs
-from .parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
+from .export.fp16 import graph_for
+from .modules import set_eval
+from .parity import Tolerance, judge
+from .runs import run_graph
 from .runtimes import RunnerOptions, make_runner
 
 CACHE_ENV = "POLYEXPORT_CACHE"
+#: an alternative assignment is timed as a whole graph only if its per-layer timings sum to at most this
+#: multiple of the per-layer choice's (see the module docstring)
+WHOLE_MODEL_MARGIN = 1.25
 
 
 def default_cache_path() -> str:
@@ -73,7 +88,9 @@ class FormTimer:
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path: str | None = cache_path or default_cache_path()
         self.repeats, self.min_time_s = repeats, min_time_s
-        self.context = f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
+        precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
+        self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
+                        f"|{precision}")
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.cache = self._load()
         self.choices: list[dict] = []
@@ -152,7 +169,7 @@ class FormTimer:
         layer on this runtime at this input (so a form that is wrong here is never chosen)."""
         with torch.no_grad():
             want = [t.numpy() for t in flatten_outputs(ref(*args))]
-        builds = {f.name: (lambda f: lambda: f.build(ref).eval())(f) for f in forms}
+        builds = {f.name: (lambda f: lambda: set_eval(f.build(ref)))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                              repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s)
 
@@ -182,12 +199,14 @@ class FormTimer:
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
                   runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
                   min_time_s: float) -> dict[str, float]:
-    """Export each built module as the pipeline exports it, run it on `runtime`, check it against `want`,
-    and time those that match in turns: p50 ms each, inf where building, exporting, running or matching
-    failed."""
+    """Export each built module as the pipeline exports it, run it on `runtime` (in the precision asked:
+    options.fp16), judge it against `want` by that precision's tolerance, and race those that match
+    (bench.race: interleaved repeats, a clearly slower one leaves early and frees its session): p50 ms each,
+    inf where building, exporting, running or matching failed."""
     names = [f"input_{i}" for i in range(len(args))]
-    feeds = {n: a.numpy() for n, a in zip(names, args)}
-    fns, out, runners = {}, {}, []
+    feeds = [("check", {n: a.numpy() for n, a in zip(names, args)})]
+    reference = {"check": want}
+    fns, out, loaded = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, build) in enumerate(builds.items()):
             try:
@@ -195,22 +214,18 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                     module = build()
                 path = os.path.join(tmp, f"candidate{i}.onnx")
                 export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch)
-                runner = make_runner(runtime, options)
-                runner.load(path, tmp)
-                runners.append(runner)
-                # an input the module does not use (DRConv's Alpha, only there for gradients) is dropped by the exporter
-                graph_inputs = {x.name for x in onnx.load(path, load_external_data=False).graph.input}
-                these = {k: v for k, v in feeds.items() if k in graph_inputs}
-                got = runner.run(these)
-                if len(got) != len(want) or not all(compare("o", w, g, DEFAULT_ATOL, DEFAULT_RTOL).passed for w, g in zip(want, got)):
-                    raise ValueError("does not match the reference on this runtime")
-                fns[label] = (lambda r, f: lambda: r.run(f))(runner, these)
+                graph, _ = graph_for(runtime, path, tmp, options.fp16)
+                result = run_graph(runtime, make_runner(runtime, options), graph, tmp, feeds)
+                loaded[label] = result.runner
+                if not judge(result, reference, Tolerance(None, None)).passed:  # by the precision it ran
+                    raise ValueError(f"does not match the reference on this runtime: {result.error or 'outputs differ'}")
+                fns[label] = (lambda r, f: lambda: r.run(f))(result.runner, feeds[0][1])
             except Exception:  # noqa: BLE001 - a candidate that fails here is never the fastest
                 out[label] = float("inf")
         if fns:
-            stats = interleaved(fns, repeats=repeats, warmup=2, warmup_s=warmup_s, min_iters=5, min_time_s=min_time_s)
-            out.update({k: s.p50 for k, s in stats.items()})
-        for r in runners:
+            out.update(race(fns, repeats=repeats, on_drop=lambda k: loaded.pop(k).close(), warmup=2, warmup_s=warmup_s,
+                            min_iters=5, min_time_s=min_time_s))
+        for r in loaded.values():
             r.close()
     return out
 
@@ -234,3 +249,83 @@ def _version(runtime: str) -> str:
     except md.PackageNotFoundError:
         return "?"
 
+
+@dataclass
+class Deployment:
+    """The deployed model, what each layer became, the timed choices behind it, and notes (the form cache's troubles)."""
+
+    model: nn.Module
+    records: list[LayerRecord]
+    choices: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_deployment(model: nn.Module, args: tuple[torch.Tensor, ...], target: str, forms: dict[str, str], dynamic_batch: bool,
+                      strict: bool, timer: FormTimer | None, progress: Callable[[str], object]) -> Deployment:
+    """Convert `model` for `target`: with a `timer`, each layer's exact forms timed on the runtime, then the
+    per-layer choice checked as a whole graph against the plausible alternatives (whole_model_alternatives)."""
+    label = f"deploy: time each exact form on {target}, swap layers, fold BatchNorm" if timer else "deploy: swap layers, fold BatchNorm"
+    with progress(label):
+        deployed, records = convert(model, target, forms, dynamic_batch, strict, ranker=timer)
+    if timer is None:
+        return Deployment(deployed, records)
+    choices = list(timer.choices)
+    alternatives = whole_model_alternatives(model, records, target, forms, dynamic_batch, strict, timer)
+    if alternatives:
+        candidates = {"per-layer": (deployed, records), **alternatives}
+        with progress(f"whole model on {target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
+            timings, cached = timer.whole_models(candidates, args)
+        best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
+        deployed, records = candidates[best]
+        choices.append({"name": "(whole model)", "type": "whole model", "runtime": timer.runtime, "input": [list(a.shape) for a in args],
+                        "timings_ms": timings, "chosen": best, "cached": cached})
+    return Deployment(deployed, records, choices, list(dict.fromkeys(timer.notes)))
+
+
+def _layer_total(records: list[LayerRecord], timed: dict[str, dict[str, float | None]]) -> float:
+    """The sum of the per-layer timings of an assignment (inf where a layer's form was not timed or failed)."""
+    total = 0.0
+    for r in records:
+        if r.name in timed:
+            t = timed[r.name].get(r.form)
+            total += float("inf") if t is None else t
+    return total
+
+
+def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], target: str, forms: dict[str, str], dynamic_batch: bool,
+                             strict: bool, timer: FormTimer) -> dict[str, tuple[nn.Module, list[LayerRecord]]]:
+    """What the per-layer choice is checked against as whole graphs: for each layer type and form (none the user
+    forced), that form for every layer of the type with the other types (a) as timed per layer and (b) in the
+    preferred order, and (c) the preferred order for all. (b) and (c) are what a forced form or `--form
+    preferred` would ship. Kept only where the per-layer timings come within WHOLE_MODEL_MARGIN of the choice's,
+    a form that failed on this runtime for some layer never, and no assignment twice."""
+    entries = {t.__name__: e for t, e in registered_layers().items()}
+    snapshot = list(timer.choices)
+    timed = {c["name"]: c["timings_ms"] for c in snapshot}
+    chosen = {r.type for r in records if r.form not in ("folded", "absorbed", "reference") and r.type in entries}
+    limit = WHOLE_MODEL_MARGIN * _layer_total(records, timed)
+    seen, out = {assignment(records)}, {}
+
+    def add(label: str, forced: dict[str, str], timed_per_layer: bool) -> None:
+        try:
+            deployed, recs = convert(model, target, forced, dynamic_batch, strict, ranker=timer if timed_per_layer else None)
+        except BadInput:  # the form is not exact (or not usable) for some layer of this model
+            return
+        key = assignment(recs)
+        if key not in seen and _layer_total(recs, timed) <= limit:
+            seen.add(key)
+            out[label] = (deployed, recs)
+
+    try:
+        for typ in sorted(chosen - set(forms)):
+            per_layer = [c["timings_ms"] for c in snapshot if c["type"] == typ]
+            for form in entries[typ].forms:
+                if not per_layer or any(t.get(form) is None for t in per_layer):
+                    continue  # failed (or was not timed) on this runtime for some layer: never a candidate
+                add(f"{typ}={form}", {**forms, typ: form}, True)
+                if len(chosen) > 1:
+                    add(f"{typ}={form}, others preferred", {**forms, typ: form}, False)
+        add("preferred", dict(forms), False)
+    finally:
+        timer.choices[:] = snapshot  # the alternatives' lookups are not choices
+    return out

@@ -71,3 +71,26 @@ def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, **kw)
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def race(fns: dict[str, Callable[[], object]], *, repeats: int = 5, drop_above: float = 1.3, min_rounds: int = 2,
+         on_drop: Callable[[str], None] | None = None, **kw) -> dict[str, float]:
+    """Interleaved repeats (as `interleaved`) that stop timing an alternative once it is clearly slower: after
+    `min_rounds`, one whose median so far is above `drop_above` × the best's leaves the race (`on_drop(name)`,
+    e.g. to free its session), and the race ends when one is left. Returns each one's median p50 (ms) over
+    the rounds it ran. A choice needs the winner, not the losers' exact times: a form 3× slower is known
+    after two rounds, and a close pair still gets every repeat."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    alive = list(fns)
+    for round_ in range(repeats):
+        for k in alive:
+            per[k].append(measure(fns[k], **kw).p50)
+        if round_ + 1 >= min_rounds and len(alive) > 1:
+            best = min(statistics.median(per[k]) for k in alive)
+            for k in [k for k in alive if statistics.median(per[k]) > drop_above * best]:
+                alive.remove(k)
+                if on_drop:
+                    on_drop(k)
+        if len(alive) == 1 and round_ + 1 >= min_rounds:
+            break
+    return {k: statistics.median(v) for k, v in per.items() if v}

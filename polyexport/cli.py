@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu (default); with onnxruntime-gpu: cuda or tensorrt (ONNX Runtime's CUDA/TensorRT providers)")
     p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], choices=RUNTIMES, metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="measure latency (default on)")
+    p.add_argument("--bench-torch", action="store_true", help="also time PyTorch eager, for comparison (slow on big models)")
     p.add_argument("--iterations", type=_positive_int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
@@ -121,11 +122,8 @@ def _step(label: str):
 
 def _print_summary(report) -> None:
     if report.layers:
-        swapped = [l for l in report.layers if l["form"] not in ("folded", "absorbed")]
-        kept = [l for l in swapped if l["form"] == "reference"]
-        folded = len(report.layers) - len(swapped)
-        console.print(f"deploy: {len(swapped) - len(kept)} layer(s) converted, {len(kept)} kept as reference, {folded} folded")
-        for l in kept:
+        console.print(f"deploy: {report.layer_summary()}")
+        for l in [l for l in report.layers if l["form"] == "reference"]:
             console.print(f"  [yellow]kept[/] {escape(l['name'])} ({l['type']}): {escape(l.get('note', ''))}")
     for w in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
@@ -167,6 +165,9 @@ def _print_summary(report) -> None:
             ratio = "baseline" if k == "torch" else (f"{base / s['p50']:.2f}× faster" if base else "")
             t.add_row(k, f"{s['p50']:.3f}", f"{s['p90']:.3f}", f"{s['p99']:.3f}", f"{s['cov']:.1%}", ratio)
         console.print(t)
+    if report.timings:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items())
+        console.print(f"[dim]run: {sum(report.timings.values()):.1f} s ({phases}); peak memory {report.peak_rss_mb:.0f} MB[/]", soft_wrap=True)
     console.print("[italic]artifacts[/]")
     for k, v in report.artifacts.items():  # unwrapped, so paths can be copied
         console.print(f"  {k:14s} {v}", soft_wrap=True)
@@ -219,7 +220,7 @@ def run(argv: list[str] | None = None) -> int:
                     notes=notes, dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol,
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
-                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle,
+                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle, bench_torch=args.bench_torch,
                     batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain, fp16=args.fp16,
                     form_choice=choice[-1] if choice else None)
     _print_summary(report)
@@ -238,15 +239,18 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def verify_main(argv: list[str]) -> int:
-    """`polyexport verify BUNDLE --target RT`: torch-free; what a user runs on the Jetson."""
+    """`polyexport verify BUNDLE --target RT`: torch-free, Python 3.8+; what a user runs on the Jetson."""
     p = _Parser(prog="polyexport verify", description="Check a bundle written with --bundle on this machine's runtime: parity with the PyTorch outputs it holds, and latency.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--target", required=True, choices=["onnxruntime", "openvino", "tensorrt"])
     p.add_argument("--threads", type=_positive_int)
-    p.add_argument("--device", default="cpu", choices=DEVICES)
-    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="for onnxruntime: cpu, cuda or tensorrt (its providers)")
+    p.add_argument("--bench", dest="bench", action="store_true", default=True, help="time it (default)")
+    p.add_argument("--no-bench", dest="bench", action="store_false", help="check parity only")  # no BooleanOptionalAction: Python 3.8
     p.add_argument("--iterations", type=_positive_int, default=20)
-    p.add_argument("--fp16", action="store_true", help="run in fp16 (the tolerance follows the precision the runtime reports)")
+    p.add_argument("--fp16", action="store_true", help="run in fp16 (the tolerance follows the precision the runtime reports); "
+                   "a bundle whose export asked for fp16 runs so without it")
+    p.add_argument("--rebuild-engine", action="store_true", help="tensorrt: build the engine even when BUNDLE/tensorrt/ has a matching one")
     p.add_argument("--atol", type=_finite_nonnegative, help="override the bundle's tolerance")
     p.add_argument("--rtol", type=_finite_nonnegative, help="override the bundle's tolerance")
     p.add_argument("--json", metavar="FILE", help="write the result here")
@@ -254,7 +258,8 @@ def verify_main(argv: list[str]) -> int:
     from .bundle import verify_bundle
 
     with _step(f"verify {args.bundle} on {args.target}"):
-        result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol, args.fp16)
+        result = verify_bundle(args.bundle, args.target, args.threads, args.device, args.bench, args.iterations, args.atol, args.rtol,
+                               args.fp16, rebuild=args.rebuild_engine)
     pr = result["parity"][args.target]
     tol = result["tolerance"]
     line = (f"tolerance: atol {tol['atol']:g}, rtol {tol['rtol']:g} (allowed error / scale {tol['effective_rtol']:.3g}, "
@@ -263,10 +268,19 @@ def verify_main(argv: list[str]) -> int:
         err_console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)
     else:
         console.print(escape(line), soft_wrap=True)
+    if result["precision"]["fp16"]:
+        console.print(f"precision: fp16, asked by the {result['precision']['source']}", soft_wrap=True)
+    rt = result.get("runtime", {})
+    if args.target == "tensorrt" and rt.get("engine"):
+        how = f"built in {rt['build_s']:.1f} s" if rt["engine"] == "built" and rt.get("build_s") is not None else rt["engine"]
+        console.print(f"engine: TensorRT {rt.get('version')} on {rt.get('device')}, {how}: {escape(str(rt.get('engine_path')))} "
+                      f"(timing cache {escape(str(rt.get('timing_cache')))})", soft_wrap=True)
+    for n in [*result.get("notes", []), *rt.get("notes", [])]:
+        console.print(f"[yellow]note[/] {escape(n)}", soft_wrap=True)
     console.print(f"parity on {args.target}: max abs err {pr['max_abs_err']:.3g}, max err / scale {pr['max_rel_err']:.3g}, "
                   f"cosine {pr['cosine']:.8f} over {pr['comparisons']} outputs: " + ("[green]passed[/]" if pr["passed"] else f"[bold red]FAILED[/] {escape(pr.get('error', ''))}"))
-    for rt, s in result.get("latency_ms", {}).items():
-        console.print(f"latency on {rt}: p50 {s['p50']:.3f} ms, p90 {s['p90']:.3f}, p99 {s['p99']:.3f}, CoV {s['cov']:.1%}, n {s['n']}")
+    for name, s in result.get("latency_ms", {}).items():
+        console.print(f"latency on {name}: p50 {s['p50']:.3f} ms, p90 {s['p90']:.3f}, p99 {s['p99']:.3f}, CoV {s['cov']:.1%}, n {s['n']}")
     if args.json:
         import json
 
@@ -275,12 +289,27 @@ def verify_main(argv: list[str]) -> int:
     return 0 if result["passed"] else 1
 
 
+def _trt_version(text: str) -> str:
+    """A TensorRT version `check` knows rules for: 8.5, 8.6, 10, 10.3, 8.6.2…"""
+    from .runtimes.tensorrt_lint import rules_for
+
+    try:
+        rules_for(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def check_main(argv: list[str]) -> int:
-    """`polyexport check MODEL.onnx --target tensorrt`: the static TensorRT parser check."""
+    """`polyexport check MODEL.onnx --target tensorrt [--trt-version V]…`: the static TensorRT parser check."""
+    from .runtimes.tensorrt_lint import DEFAULT_VERSIONS
+
     p = _Parser(prog="polyexport check", description="Report what TensorRT's ONNX parser will refuse in an ONNX file, before any build.")
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("--target", default="tensorrt", choices=["tensorrt"])
-    p.add_argument("--trt-version", action="append", choices=["8.6", "10"], help="TensorRT version(s) to check against (default both)")
+    p.add_argument("--trt-version", action="append", type=_trt_version, metavar="V",
+                   help=f"TensorRT version to check against: 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), 10 or 10.3 (JetPack 6.1/6.2); "
+                        f"repeatable (default {' and '.join(DEFAULT_VERSIONS)})")
     args = p.parse_args(argv)
     import os
 
@@ -295,14 +324,14 @@ def check_main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001
         raise BadInput(f"{args.onnx} is not a readable ONNX file: {type(e).__name__}") from e
     errors = 0
-    for version in args.trt_version or ["8.6", "10"]:
+    for version in args.trt_version or list(DEFAULT_VERSIONS):
         findings = lint_tensorrt(model, version)
         errors += sum(f.severity == "error" for f in findings)
         n_err, n_warn = sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings)
         console.print(f"[bold]TensorRT {version}[/]: {n_err} error(s), {n_warn} warning(s)")
-        for f in findings:  # one unwrapped line each: node names and messages stay greppable
+        for f in findings:  # one unwrapped line each: node names, modules and messages stay greppable
             color = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
-            console.print(f"  [{color}]{f.severity:7s}[/] {escape(f.node)} ({f.op}): {escape(f.message)}", soft_wrap=True)
+            console.print(f"  [{color}]{f.severity:7s}[/] {escape(f.where())}: {escape(f.message)}", soft_wrap=True)
     return 1 if errors else 0
 
 

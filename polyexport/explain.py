@@ -27,6 +27,7 @@ from torch import nn
 from .convert import LayerRecord
 from .export import export_onnx, flatten_outputs
 from .noise_floor import float64_twin
+from .scopes import module_of_node
 from .parity import compare
 
 
@@ -184,6 +185,50 @@ def explain_export(deployed: nn.Module, records: list[LayerRecord], arrays: list
     return _first_over(stage, pairs, rtol, atol, module_kinds(deployed, records), _module_noise(deployed, names, args, want))
 
 
+class Localiser:
+    """The first diverging module at any stage of one run, built once with what every stage needs."""
+
+    def __init__(self, original: nn.Module, deployed: nn.Module, records: list[LayerRecord], arrays: list[np.ndarray],
+                 input_names: list[str], n_outputs: int, export_kw: dict, workdir: str, threads: int | None):
+        self.original, self.deployed, self.records, self.arrays = original, deployed, records, arrays
+        self.input_names, self.n_outputs, self.export_kw = input_names, n_outputs, export_kw
+        self.workdir, self.threads = workdir, threads
+
+    def at(self, stage: str, tolerance: tuple[float, float], options=None, stage_failed: bool = True) -> dict:
+        """The report entry for `stage` judged at `tolerance` (atol, rtol: the stage's own, an fp16 runtime at
+        fp16's); `options` (RunnerOptions) for a runtime stage (its precision, modules kept in fp32)."""
+        atol, rtol = tolerance
+        try:
+            if stage == "torch-deployed":
+                found = explain_deploy(self.original, self.deployed, self.records, self.arrays, rtol, atol)
+            else:
+                kw = dict(self.export_kw, simplifier="none" if stage == "onnx-exported" else self.export_kw["simplifier"])
+                found = explain_export(self.deployed, self.records, self.arrays, self.input_names, self.n_outputs,
+                                       lambda path, feeds: self._run(stage, path, feeds, options), self.workdir, stage, rtol, atol, kw)
+        except Exception as e:  # noqa: BLE001 - the diagnosis must never hide the result it explains
+            return {"stage": stage, "error": f"could not localise: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        entry = found.as_dict()
+        if found.module is None:  # every submodule agrees: only the top-level forward's own code is left
+            entry["note"] = (f"every submodule agrees; the difference arises in the top-level forward of {type(self.original).__name__} "
+                             "(its own code, outside any submodule)") if stage_failed else "every watched module agrees"
+        return entry
+
+    def _run(self, stage: str, path: str, feeds: dict, options) -> list[np.ndarray]:
+        from .export.fp16 import graph_for
+        from .runtimes import RunnerOptions, make_runner
+        from .runtimes.onnxruntime import OnnxRuntimeRunner
+
+        if stage.startswith("onnx-"):  # the ladder's graph rungs: ONNX Runtime with its optimisations off
+            runner, graph = OnnxRuntimeRunner(RunnerOptions(self.threads), optimize=False), path
+        else:
+            options = options or RunnerOptions(self.threads)
+            runner = make_runner(stage, options)
+            graph, _ = graph_for(stage, path, self.workdir, options.fp16, options.keep_fp32)
+        with runner:
+            runner.load(graph, self.workdir)
+            return runner.run(feeds)
+
+
 # --- a runtime that cannot run the graph at all ----------------------------------------------
 # A runtime error is not a numerical difference: the report quotes the runtime, names the node it
 # stopped at and that node's module, and with a dynamic batch finds the shape operations that hold
@@ -193,12 +238,6 @@ def explain_export(deployed: nn.Module, records: list[LayerRecord], arrays: list
 _NODE_IN_MESSAGE = re.compile(r"""(?:Name|node)[:=\s]*['"]([^'"]+)['"]""", re.IGNORECASE)
 #: op -> index of its input that is a shape
 _SHAPE_OPERAND = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0, "Resize": 3}
-
-
-def module_of_node(node: str) -> str | None:
-    """The PyTorch module a TorchScript-exported node belongs to: its name's last scope ("/a/a.b/Op" -> "a.b")."""
-    parts = node.strip("/").split("/")
-    return parts[-2] if node.startswith("/") and len(parts) >= 2 else None
 
 
 def _constants(model) -> dict[str, np.ndarray]:

@@ -11,14 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PolyexportError
 
-#: fp32 defaults. rtol is relative to the output's scale (max |ref|): whole networks through
-#: another runtime's kernels (Winograd, fused ops, other summation orders) measured here at
-#: ≤ 2e-6 on the zoo; 1e-4 leaves room for deeper models without hiding a real error (a wrong
-#: weight or layout is off by 1e-1 and more). atol guards outputs that are all near zero.
-DEFAULT_RTOL = 1e-4
-DEFAULT_ATOL = 1e-5
+from .precision import DEFAULT_ATOL, DEFAULT_RTOL, tolerances  # the tolerance policy lives there
 
 
 #: A deep network's own fp32 rounding can exceed a fixed rtol although the rewrite is exact (DCD's official
@@ -167,60 +161,47 @@ def topk_agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> tuple[int, i
     return ref.shape[0], same1, samek
 
 
-class ParityCheck:
-    """Accumulates comparisons for one runtime over several input batches."""
+@dataclass(frozen=True)
+class Tolerance:
+    """How a stage is judged: atol/rtol (None: by the precision the runtime ran, precision.TOLERANCES) and the
+    reference's noise floor per output, allowed NOISE_MULTIPLE times."""
 
-    def __init__(self, runtime: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, noise: list[float] | None = None):
-        self.result = ParityResult(runtime, atol, rtol)
-        self.noise = list(noise or [])  # per output: the reference's own fp32 noise floor (see NOISE_MULTIPLE)
+    atol: float | None = DEFAULT_ATOL
+    rtol: float | None = DEFAULT_RTOL
+    noise: tuple[float, ...] = ()
+    multiple: float = NOISE_MULTIPLE
 
-    def add(self, label: str, refs: list[np.ndarray], gots: list[np.ndarray]) -> None:
-        if len(refs) != len(gots):
-            self.result.error = f"{len(gots)} outputs where the reference has {len(refs)}"
-            return
-        for i, (r, g) in enumerate(zip(refs, gots)):
-            noise = self.noise[i] if i < len(self.noise) else 0.0
-            self.result.outputs.append(compare(f"{label}/output{i}", r, g, self.result.atol, self.result.rtol, noise))
-            n, top1, top5 = topk_agreement(r, g)
-            self.result.samples += n
-            self.result.top1_agree += top1
-            self.result.top5_agree += top5
-
-    def fail(self, error: str) -> None:
-        self.result.error = error
-
-
-def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets: list[tuple[str, dict[str, np.ndarray]]],
-                 refs: dict[str, list[np.ndarray]], atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL,
-                 noise: list[float] | None = None) -> tuple[ParityResult, dict[str, str]]:
-    """Load `onnx_path` on `runner`, run every input set, compare with `refs`: (result, artifacts written).
-
-    A tolerance given as None follows the precision the runner reports it ran (precision.TOLERANCES).
-    A runtime that cannot load or run the graph fails the check with its error (that is a parity
-    result); polyexport's own errors (a runtime not installed, a bad input) still propagate.
-    """
-    from .precision import normalize, tolerances
-
-    check = ParityCheck(runtime, DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol, noise)
-    artifacts: dict[str, str] = {}
-    doing = "loading the graph"
-    try:
-        artifacts = runner.load(onnx_path, workdir)
-        precision = normalize(runner.describe().get("precision"))
+    def resolved(self, precision: str) -> tuple[float, float]:
         by_dtype = tolerances(precision)
-        check.result.precision = precision
-        check.result.atol = by_dtype[0] if atol is None else atol
-        check.result.rtol = by_dtype[1] if rtol is None else rtol
-        for label, feeds in input_sets:
-            doing = f"running input {label} ({_shapes(feeds)})"
-            check.add(label, refs[label], runner.run(feeds))
-    except PolyexportError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        text = " ".join(str(e).split())  # the runtime's own message, on one line
-        check.fail(f"{runtime} failed {doing}: {type(e).__name__}: {text}")
-    return check.result, artifacts
+        return (by_dtype[0] if self.atol is None else self.atol, by_dtype[1] if self.rtol is None else self.rtol)
+
+    def floor(self, output: int) -> float:
+        return self.noise[output] if output < len(self.noise) else 0.0
 
 
-def _shapes(feeds: dict[str, np.ndarray]) -> str:
-    return ", ".join("x".join(map(str, np.shape(a))) for a in feeds.values())
+def judge(result, reference: dict[str, list[np.ndarray]], tolerance: Tolerance) -> ParityResult:
+    """The verdict on a RunResult (runs.run_graph) against the reference outputs of the same input sets."""
+    atol, rtol = tolerance.resolved(result.precision)
+    verdict = ParityResult(result.runtime, atol, rtol, error=result.error, precision=result.precision, noise_multiple=tolerance.multiple)
+    for label, gots in result.outputs.items():
+        refs = reference[label]
+        if len(refs) != len(gots):
+            verdict.error = verdict.error or f"{len(gots)} outputs where the reference has {len(refs)}"
+            continue
+        for i, (r, g) in enumerate(zip(refs, gots)):
+            verdict.outputs.append(compare(f"{label}/output{i}", r, g, atol, rtol, tolerance.floor(i), tolerance.multiple))
+            n, top1, top5 = topk_agreement(r, g)
+            verdict.samples += n
+            verdict.top1_agree += top1
+            verdict.top5_agree += top5
+    return verdict
+
+
+def check_runner(runtime: str, runner, onnx_path: str, workdir: str, input_sets, refs: dict[str, list[np.ndarray]],
+                 atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL,
+                 noise: list[float] | None = None) -> tuple[ParityResult, dict[str, str]]:
+    """run_graph then judge, for callers that want (verdict, artifacts) in one call."""
+    from .runs import run_graph
+
+    result = run_graph(runtime, runner, onnx_path, workdir, input_sets)
+    return judge(result, refs, Tolerance(atol, rtol, tuple(noise or ()))), result.artifacts

@@ -1,13 +1,17 @@
-"""The main job, end to end: deploy ► export ► run on each runtime ► parity ► latency ► report.
+"""The main job, as its stages in order: plan ► reference ► deploy ► export ► runtimes ► explain ► latency ► write.
 
-Artifacts are written into a temporary folder beside `out` and moved into place only when the
-run got as far as a report (a parity failure keeps them: the report says where it failed).
+`export()` reads as those stages, each one call below. Results stay typed (ParityResult, RunResult,
+LatencyStats) until the report serialises them; every check goes through runs.run_graph and parity.judge.
+Artifacts are written into a staging folder (outdir.OutputTransaction) and moved into place only when
+the run got as far as a report (a parity failure keeps them: the report says where it failed).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import resource
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Sequence
 
@@ -16,20 +20,31 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bench import measure
-from .convert import TARGETS, assignment, convert
+from .autoform import Deployment, FormTimer, capture_layer_inputs, choose_deployment
+from .bench import LatencyStats, measure
+from .convert import TARGETS
 from .errors import BadInput
-from .export import export_onnx, flatten_outputs, output_names
-from .modules import set_eval
-from .outdir import OutputTransaction, check_out
+from .explain import Localiser, explain_runtime_error, module_kinds
+from .export import ExportInfo, export_onnx, flatten_outputs, output_names
+from .export.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
-from .noise_floor import measure_noise_floor
-from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCheck, check_runner, reference_warnings
+from .modules import set_eval
+from .noise_floor import NoiseFloor, measure_noise_floor
+from .outdir import OutputTransaction, check_out
+from .parity import ParityResult, Tolerance, judge, reference_warnings
+from .precision import DEFAULT_ATOL, DEFAULT_RTOL
 from .report import Report
+from .runs import RunResult, run_graph
 from .runtimes import RunnerOptions, available, make_runner
+from .runtimes.onnxruntime import OnnxRuntimeRunner
 from .runtimes.torch_runner import TorchRunner
 
 Progress = Callable[[str], ContextManager]
+
+#: how many modules the fp16 repair may move back to fp32 before it gives up
+MAX_KEPT_FP32 = 8
+#: runtimes where a module can be kept in fp32 under fp16 (ONNX Runtime: in the fp16 graph; TensorRT: layer precision)
+KEEPS_FP32 = ("onnxruntime", "tensorrt")
 
 
 @dataclass
@@ -38,7 +53,7 @@ class ExportOptions:
     out: str = "polyexport-out"
     dynamic_batch: bool = False
     opset: int = 17
-    atol: float | None = None  # None: by the precision each stage ran (precision.TOLERANCES; fp32: parity.DEFAULT_*)
+    atol: float | None = None  # None: by the precision each stage ran (precision.TOLERANCES)
     rtol: float | None = None
     fp16: bool = False  # reduced precision on the runtimes (what each actually ran is reported)
     deploy: bool = True
@@ -47,6 +62,7 @@ class ExportOptions:
     threads: int | None = None
     device: str = "cpu"
     bench: bool = True
+    bench_torch: bool = False  # also time PyTorch eager (slow on big models, and rarely the question)
     iterations: int = 20
     min_time_s: float = 1.0
     parity_seeds: int = 3
@@ -67,8 +83,148 @@ class ExportOptions:
         return (DEFAULT_ATOL if self.atol is None else self.atol, DEFAULT_RTOL if self.rtol is None else self.rtol)
 
 
-#: how many modules the fp16 repair may move back to fp32 before it gives up
-MAX_KEPT_FP32 = 8
+@dataclass
+class Job:
+    """What a run works with, fixed before any work: its options, runtimes, inputs and parity input sets."""
+
+    opts: ExportOptions
+    runtimes: list[str]
+    specs: list[InputSpec]
+    parity_sets: list[tuple[str, list[np.ndarray]]]
+    batch_range: tuple[int, int, int] | None
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def batch(self) -> int:
+        return self.specs[0].shape[0]
+
+    @property
+    def example(self) -> list[np.ndarray]:
+        return self.parity_sets[0][1]
+
+    @property
+    def input_sets(self) -> list[tuple[str, dict[str, np.ndarray]]]:
+        return [(label, dict(zip(self.names, arrays))) for label, arrays in self.parity_sets]
+
+    @property
+    def runner_options(self) -> RunnerOptions:
+        o = self.opts
+        return RunnerOptions(o.threads, o.device, fp16=o.fp16, batch_range=self.batch_range, workspace_mb=o.workspace_mb)
+
+    @property
+    def export_kw(self) -> dict:
+        o = self.opts
+        return dict(opset=o.opset, dynamic_batch=o.dynamic_batch, exporter=o.exporter, simplifier=o.simplifier)
+
+
+@dataclass
+class Reference:
+    """PyTorch's outputs for every parity input set, the model's noise floor and what makes it a poor witness."""
+
+    outputs: dict[str, list[np.ndarray]]
+    floor: NoiseFloor
+    warnings: list[str]
+
+    @property
+    def n_outputs(self) -> int:
+        return len(next(iter(self.outputs.values())))
+
+    def tolerance(self, atol: float | None, rtol: float | None) -> Tolerance:
+        return Tolerance(atol, rtol, tuple(self.floor.per_output))
+
+
+@dataclass
+class Stages:
+    """What the stages found, typed, in the order they ran; the report serialises it at the end."""
+
+    parity: dict[str, ParityResult] = field(default_factory=dict)
+    runs: dict[str, RunResult] = field(default_factory=dict)  # each runtime's run, its runner still loaded for latency
+    precision: dict[str, dict] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
+    explain: dict | None = None
+
+    def failed(self) -> list[str]:
+        return [k for k, p in self.parity.items() if not p.passed]
+
+
+class Phases:
+    """The progress callback, plus each phase's wall time (report.timings)."""
+
+    def __init__(self, progress: Progress | None, timings: dict[str, float]):
+        self.progress = progress or (lambda _msg: contextlib.nullcontext())
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str, label: str | None = None):
+        t0 = time.perf_counter()
+        try:
+            with self.progress(label or phase):
+                yield
+        finally:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - t0, 3)
+
+
+def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
+           out: str = "polyexport-out", input_shapes: Sequence[tuple[int, ...]] | None = None, name: str | None = None,
+           progress: Progress | None = None, notes: Sequence[str] = (), **options) -> Report:
+    """Export `model` for `target`, prove parity and time it; write artifacts and the report to `out`.
+
+    Returns the Report (also written as out/report.json and out/report.md). A parity failure does
+    not raise: `report.passed` is False and the report says which runtime failed.
+    """
+    opts = ExportOptions(target=target, out=out, **options)
+    stages = Stages()
+    phase = Phases(progress, stages.timings)
+    job = plan(model, example_inputs, input_shapes, opts)
+    with phase("reference", "reference outputs (PyTorch) and the model's noise floor (float64)"):
+        reference = take_reference(model, job)
+    with OutputTransaction(opts.out, opts.force) as tx:
+        deployment = deploy_stage(model, job, reference, stages, phase)
+        graph, raw, info = export_stage(deployment.model, job, reference, stages, phase, str(tx.artifacts), str(tx.scratch))
+        localiser = Localiser(model, deployment.model, deployment.records, job.example, job.names, reference.n_outputs,
+                              job.export_kw, str(tx.scratch), opts.threads)
+        runtime_stage(job, reference, graph, stages, phase, str(tx.artifacts), localiser)
+        explain_stage(model, job, deployment, stages, phase, localiser, graph, raw)
+        latency_stage(model, job, stages, phase)
+        report = build_report(model, name, notes, job, reference, deployment, info, stages)
+        write_stage(report, job, reference, graph, str(tx.artifacts))
+        written = tx.commit()
+    if written != tx.target:
+        report.notes.append(f"{opts.out} appeared while this run went on: the results were written to {written} instead")
+    report.out = str(written)
+    report.artifacts = {k: os.path.join(str(written), v) for k, v in report.artifacts.items()}
+    return report
+
+
+# --- plan: everything that can be wrong with the request, found before any work ----------------
+
+def plan(model: nn.Module, example_inputs, input_shapes, opts: ExportOptions) -> Job:
+    """Runtimes (exit 3 if missing), the output folder, the input specs and the parity input sets."""
+    runtimes = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
+    check_out(opts.out, opts.force)  # before any work: a bad --out costs nothing
+    if example_inputs is not None:
+        shapes = [tuple(t.shape) for t in example_inputs]
+    elif input_shapes:
+        shapes = [tuple(s) for s in input_shapes]
+    else:
+        raise BadInput("no input shape: pass --input-shape (e.g. 1x3x224x224) or example inputs")
+    specs = make_specs(shapes)
+    set_eval(model)  # not `model = model.eval()`: many codebases' train() returns None
+    parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in range(opts.parity_seeds)]
+    brange = batch_range(opts, specs[0].shape[0])
+    if brange:  # prove the batch is not baked in: the same graph over the range (min, opt, max), and an odd batch in it
+        lo, _, hi = brange
+        batch = specs[0].shape[0]
+        if not lo <= batch <= hi:
+            raise BadInput(f"the example batch {batch} is outside the batch range {lo}..{hi}")
+        for b in sorted((set(brange) | ({3} if lo < 3 < hi else set())) - {batch}):
+            parity_sets.append((f"batch{b}", random_inputs(specs, 100 + b, batch=b)))
+    return Job(opts, runtimes, specs, parity_sets, brange)
 
 
 def batch_range(opts: ExportOptions, batch: int) -> tuple[int, int, int] | None:
@@ -101,19 +257,15 @@ def check_runtimes(target: str, extra: Sequence[str] = (), threads: int | None =
     return names
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
+# --- reference ---------------------------------------------------------------------------------
 
-    out = {"polyexport": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "onnx", "onnxsim", "onnxslim", "onnxruntime", "openvino", "tensorrt"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+def take_reference(model: nn.Module, job: Job) -> Reference:
+    outputs = {label: run_reference(model, arrays) for label, arrays in job.parity_sets}
+    return Reference(outputs, measure_noise_floor(model, job.example), reference_warnings(outputs))
 
 
-def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
+def run_reference(model: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs as float32 arrays; BadInput with the model's own complaint if it rejects the input."""
     try:
         # no_grad, not inference_mode: models cache tensors made in forward (YOLOv5's Detect grids), and an
         # inference tensor cached here would break the export's trace later
@@ -127,311 +279,201 @@ def _run_reference(model: nn.Module, arrays: list[np.ndarray], specs: list[Input
     return [t.float().numpy() for t in outs]
 
 
-def _form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions):
+# --- deploy ------------------------------------------------------------------------------------
+
+def deploy_stage(model: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases) -> Deployment:
+    """Swap every known layer for its deploy form (timed on the target where the choice is automatic), and
+    prove the deployed model in PyTorch: the ladder's first rung."""
+    opts = job.opts
+    if not opts.deploy:
+        return Deployment(model, [])
+    deployment = deploy_for(model, job.example, opts, lambda label: phase("deploy", label))
+    with phase("parity", "deployed model in PyTorch"):
+        torch_run = run_graph("torch-deployed", TorchRunner(deployment.model, job.names), None, "", job.input_sets)
+        stages.parity["torch-deployed"] = judge(torch_run, reference.outputs, reference.tolerance(*opts.fp32_tolerances))
+    return deployment
+
+
+def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None) -> Deployment:
+    """The deployment the pipeline exports for `opts` (autoform.choose_deployment with this run's form timer)."""
+    return choose_deployment(model, to_torch(arrays), opts.target, opts.forms, opts.dynamic_batch, opts.strict,
+                             form_timer(model, arrays, opts), progress or (lambda _msg: contextlib.nullcontext()))
+
+
+def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions) -> FormTimer | None:
     """The ranker that times forms on the target runtime, when the choice is automatic (see autoform.py)."""
     choice = opts.form_choice or ("auto" if opts.target in ("onnxruntime", "openvino") else "preferred")
     if choice not in ("auto", "preferred"):
         raise BadInput(f"form choice '{choice}': use auto or preferred")
     if choice == "preferred" or opts.target not in ("onnxruntime", "openvino"):
         return None
-    from .autoform import FormTimer, capture_layer_inputs
-
     inputs = capture_layer_inputs(model, to_torch(arrays))
     if not inputs:
         return None
-    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device), inputs, dynamic_batch=opts.dynamic_batch)
+    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, dynamic_batch=opts.dynamic_batch)
 
 
-def _whole_model_alternatives(model: nn.Module, records, opts: ExportOptions, ranker) -> dict[str, tuple]:
-    """What the per-layer choice is checked against as whole graphs: for each layer type and form (none
-    the user forced), that form for every layer of the type with the other types (a) as timed per layer
-    and (b) in the preferred order, and (c) the preferred order for all. (b) and (c) are what a forced
-    form or `--form preferred` would ship, so the automatic choice is never slower than any of them but
-    by timing noise. A form that failed on this runtime for some layer is never a candidate, and an
-    assignment already among the candidates is not timed twice."""
-    from .convert import registered_layers
+# --- export ------------------------------------------------------------------------------------
 
-    entries = {t.__name__: e for t, e in registered_layers().items()}
-    chosen: dict[str, set[str]] = {}
-    for r in records:
-        if r.form not in ("folded", "absorbed", "reference") and r.type in entries:
-            chosen.setdefault(r.type, set()).add(r.form)
-    seen = {assignment(records)}
-    out = {}
-
-    def add(label: str, forms: dict[str, str], timed_per_layer: bool) -> None:
-        try:
-            deployed, recs = convert(model, opts.target, forms, opts.dynamic_batch, opts.strict, ranker=ranker if timed_per_layer else None)
-        except BadInput:  # the form is not exact (or not usable) for some layer of this model
-            return
-        key = assignment(recs)
-        if key not in seen:
-            seen.add(key)
-            out[label] = (deployed, recs)
-
-    snapshot = list(ranker.choices)
-    try:
-        for typ in chosen:
-            if typ in opts.forms:
-                continue
-            timed = [c["timings_ms"] for c in snapshot if c["type"] == typ]
-            for form in entries[typ].forms:
-                if not timed or any(t.get(form) is None for t in timed):
-                    continue  # failed (or was not timed) on this runtime for some layer: never a candidate
-                add(f"{typ}={form}", {**opts.forms, typ: form}, True)
-                if len(chosen) > 1:
-                    add(f"{typ}={form}, others preferred", {**opts.forms, typ: form}, False)
-        add("preferred", dict(opts.forms), False)
-    finally:
-        ranker.choices[:] = snapshot  # the alternatives' lookups are not choices
-    return out
+def export_stage(deployed: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases, artifacts: str,
+                 scratch: str) -> tuple[str, str, ExportInfo]:
+    """torch ► ONNX ► simplify ► check; then the ladder's graph rungs: the raw and the simplified graph on ONNX
+    Runtime with its optimisations off. Returns (final graph, raw export, what the export did)."""
+    graph, raw = os.path.join(artifacts, "model.onnx"), os.path.join(scratch, "exported.onnx")
+    with phase("export", f"export to ONNX (opset {job.opts.opset})"):
+        info = export_onnx(deployed, to_torch(job.example), graph, input_names=job.names, n_outputs=reference.n_outputs, raw_path=raw,
+                           **job.export_kw)
+    stages.artifacts["onnx"] = "model.onnx"
+    if available("onnxruntime"):
+        with phase("parity", "ONNX graph parity (ONNX Runtime, optimisations off)"):
+            for stage, path in (("onnx-exported", raw), ("onnx-simplified", graph)):
+                result = run_graph(stage, OnnxRuntimeRunner(RunnerOptions(job.opts.threads), optimize=False), path, scratch, job.input_sets)
+                result.runner.close()
+                stages.parity[stage] = judge(result, reference.outputs, reference.tolerance(*job.opts.fp32_tolerances))
+    return graph, raw, info
 
 
-def _whole_model_choice(exported, records, alternatives: dict[str, tuple], arrays, ranker):
-    """The fastest of the per-layer choice and its alternatives (_whole_model_alternatives), timed as whole graphs (FormTimer.whole_models)."""
-    candidates = {"per-layer": (exported, records), **alternatives}
-    timings, cached = ranker.whole_models(candidates, to_torch(arrays))
-    best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
-    entry = {"name": "(whole model)", "type": "whole model", "runtime": ranker.runtime, "input": [list(a.shape) for a in arrays],
-             "timings_ms": timings, "chosen": best, "cached": cached}
-    return (*candidates[best], entry)
+# --- runtimes ----------------------------------------------------------------------------------
+
+def runtime_stage(job: Job, reference: Reference, graph: str, stages: Stages, phase: Phases, workdir: str, localiser: Localiser) -> None:
+    """Each runtime: load the graph (in the precision asked), run every parity input set, judge; with fp16,
+    keep the modules that fail in fp32 where the runtime allows it."""
+    for rt in job.runtimes:
+        with phase("runtimes", f"{rt}: load, check parity"):
+            result, verdict = check_on(rt, job, reference, graph, workdir)
+        if job.opts.fp16:
+            kept: list[dict] = []
+            graph_ok = stages.parity["onnx-simplified"].passed if "onnx-simplified" in stages.parity else True  # else not precision
+            if not verdict.passed and verdict.error is None and rt in KEEPS_FP32 and graph_ok:
+                with phase("fp16 repair", f"{rt}: keep the modules that fail in {verdict.precision} in fp32"):
+                    result, verdict, kept = repair_fp16(rt, job, reference, graph, workdir, localiser, result, verdict)
+            stages.precision[rt] = {"asked": "fp16", "ran": verdict.precision, "kept_fp32": kept}
+            if rt not in KEEPS_FP32:
+                stages.precision[rt]["note"] = f"none: {rt} offers no per-layer precision control here"
+        stages.runs[rt], stages.parity[rt] = result, verdict
+        stages.artifacts.update({key: os.path.relpath(path, workdir) for key, path in result.artifacts.items()})
 
 
-def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None):
-    """The deployment the pipeline exports: (deployed model, layer records, form choices, notes on the form cache).
-
-    With automatic choice, each layer's exact forms are timed on the target runtime (autoform.FormTimer),
-    then the per-layer choice is timed as a whole graph against each single forced form and the
-    preferred order, and the fastest is kept: what a layer alone shows is not always what the whole
-    graph does.
-    """
-    step = progress or (lambda _msg: contextlib.nullcontext())
-    ranker = _form_timer(model, arrays, opts)
-    label = f"deploy: time each exact form on {opts.target}, swap layers, fold BatchNorm" if ranker else "deploy: swap layers, fold BatchNorm"
-    with step(label):
-        exported, records = convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict, ranker=ranker)
-    choices = list(ranker.choices) if ranker else []
-    if ranker:
-        alternatives = _whole_model_alternatives(model, records, opts, ranker)
-        if alternatives:
-            with step(f"whole model on {opts.target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
-                exported, records, entry = _whole_model_choice(exported, records, alternatives, arrays, ranker)
-            choices.append(entry)
-    notes = list(dict.fromkeys(ranker.notes)) if ranker else []  # the form cache's troubles: reported, never fatal
-    return exported, records, choices, notes
+def check_on(rt: str, job: Job, reference: Reference, graph: str, workdir: str, keep: Sequence[str] = ()) -> tuple[RunResult, ParityResult]:
+    """`graph` on runtime `rt` in the precision asked (the modules `keep` in fp32), judged against the reference."""
+    options = replace(job.runner_options, keep_fp32=tuple(keep))
+    path, written = graph_for(rt, graph, workdir, options.fp16, keep)
+    result = run_graph(rt, make_runner(rt, options), path, workdir, job.input_sets)
+    result.artifacts.update(written)
+    if options.fp16 and rt in KEEPS_FP32:
+        result.description.setdefault("kept_fp32", list(keep))
+    return result, judge(result, reference.outputs, reference.tolerance(job.opts.atol, job.opts.rtol))
 
 
-def _graph_parity(stage: str, path: str, input_sets, refs, opts: ExportOptions, noise: list[float]):
-    """A middle rung of the ladder: the graph itself on ONNX Runtime with its optimisations off."""
-    from .runtimes.onnxruntime import OnnxRuntimeRunner
-
-    with OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False) as runner:
-        return check_runner(stage, runner, path, os.path.dirname(path), input_sets, refs, *opts.fp32_tolerances, noise)[0]
-
-
-def _explain(stage: str, original, deployed, records, arrays, names, n_outputs, opts: ExportOptions, export_kw, workdir, runner_opts,
-             report_passed: Callable[[str], bool], tolerance: tuple[float, float]) -> dict:
-    """The first watched module that diverges at `stage` (see explain.py), as a report entry; `tolerance`
-    (atol, rtol) is the stage's own (an fp16 runtime is judged at fp16's)."""
-    from .explain import explain_deploy, explain_export
-
-    atol, rtol = tolerance
-    try:
-        if stage == "torch-deployed":
-            found = explain_deploy(original, deployed, records, arrays, rtol, atol)
-        else:
-            def run_graph(path: str, feeds: dict) -> list:
-                if stage.startswith("onnx-"):
-                    from .runtimes.onnxruntime import OnnxRuntimeRunner
-
-                    runner = OnnxRuntimeRunner(RunnerOptions(opts.threads), optimize=False)
-                else:
-                    runner = make_runner(stage, runner_opts)
-                with runner:
-                    runner.load(path, workdir)
-                    return runner.run(feeds)
-
-            kw = dict(export_kw, simplifier="none" if stage == "onnx-exported" else export_kw["simplifier"])
-            found = explain_export(deployed, records, arrays, names, n_outputs, run_graph, workdir, stage, rtol, atol, kw)
-    except Exception as e:  # noqa: BLE001 - the diagnosis must never hide the result it explains
-        return {"stage": stage, "error": f"could not localise: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    result = found.as_dict()
-    if found.module is None:  # every submodule agrees: only the top-level forward's own code is left
-        stage_failed = not report_passed(stage)
-        result["note"] = (f"every submodule agrees; the difference arises in the top-level forward of {type(original).__name__} "
-                          "(its own code, outside any submodule)") if stage_failed else "every watched module agrees"
-    return result
-
-
-def _repair_fp16(rt: str, runner, result, artifacts, onnx_path, workdir, input_sets, refs, runner_opts: RunnerOptions,
-                 opts: ExportOptions, explain: Callable[[str, RunnerOptions, tuple[float, float]], dict], noise: list[float]):
-    """Move the module the attribution blames back to fp32, rebuild, recheck; until parity holds, the
-    attribution finds no new module, or MAX_KEPT_FP32 modules are kept. Returns the final runner,
-    result and artifacts, and the modules kept with why."""
+def repair_fp16(rt: str, job: Job, reference: Reference, graph: str, workdir: str, localiser: Localiser, result: RunResult,
+                verdict: ParityResult) -> tuple[RunResult, ParityResult, list[dict]]:
+    """Move the module the attribution blames back to fp32, rebuild, recheck; until parity holds, the attribution
+    finds no new module, or MAX_KEPT_FP32 modules are kept. Returns the final run, verdict and the modules kept."""
     kept: list[dict] = []
-    while not result.passed and result.error is None and len(kept) < MAX_KEPT_FP32:
-        ropts = replace(runner_opts, keep_fp32=tuple(k["module"] for k in kept))
-        found = explain(rt, ropts, (result.atol, result.rtol))
-        # the first module over the tolerance that is not fp32 already: a kept module's own taps can still
-        # read inf (its fp32 output is cast to fp16 for the next node), and a value out of fp16's range
-        # overflows again in the module after it, which is then kept too, until the values are back in range
-        checked = found.get("checked", [])
-        still = [c for c in checked if c["module"] in ropts.keep_fp32 and c["max_rel_err"] > result.rtol]
+    while not verdict.passed and verdict.error is None and len(kept) < MAX_KEPT_FP32:
+        keep = tuple(k["module"] for k in kept)
+        checked = localiser.at(rt, (verdict.atol, verdict.rtol), replace(job.runner_options, keep_fp32=keep), False).get("checked", [])
+        # the first module over the tolerance that is not fp32 already: a kept module's own taps can still read
+        # inf (its fp32 output is cast to fp16 for the next node), and a value out of fp16's range overflows
+        # again in the module after it, which is then kept too, until the values are back in range
+        still = [c for c in checked if c["module"] in keep and c["max_rel_err"] > verdict.rtol]
         if still:  # wrong in fp32 too: not a precision problem, and keeping more in fp32 will not fix it
             for k in kept:
                 if k["module"] == still[0]["module"]:
                     k["reason"] += f"; still off in fp32 ({still[0]['max_rel_err']:.3g}): not a precision problem"
             break
-        over = [c for c in checked if c["max_rel_err"] > result.rtol
-                and not any(c["module"] == k or c["module"].startswith(k + ".") for k in ropts.keep_fp32)]
+        over = [c for c in checked if c["max_rel_err"] > verdict.rtol and not any(c["module"] == k or c["module"].startswith(k + ".") for k in keep)]
         if not over:
             break
-        module, err = over[0]["module"], over[0]["max_rel_err"]
-        kept.append({"module": module, "type": over[0]["type"], "form": over[0]["form"], "max_rel_err": err,
-                     "reason": "overflow (inf/NaN)" if err == float("inf") else f"error above the {result.precision} tolerance"})
-        runner.close()
-        runner = make_runner(rt, replace(runner_opts, keep_fp32=tuple(k["module"] for k in kept)))
-        result, artifacts = check_runner(rt, runner, onnx_path, workdir, input_sets, refs, opts.atol, opts.rtol, noise)
-    return runner, result, artifacts, kept
+        err = over[0]["max_rel_err"]
+        kept.append({"module": over[0]["module"], "type": over[0]["type"], "form": over[0]["form"], "max_rel_err": err,
+                     "reason": "overflow (inf/NaN)" if err == float("inf") else f"error above the {verdict.precision} tolerance"})
+        result.runner.close()
+        result, verdict = check_on(rt, job, reference, graph, workdir, [k["module"] for k in kept])
+    return result, verdict, kept
 
 
-def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
-           out: str = "polyexport-out", input_shapes: Sequence[tuple[int, ...]] | None = None, name: str | None = None,
-           progress: Progress | None = None, notes: Sequence[str] = (), **options) -> Report:
-    """Export `model` for `target`, prove parity and time it; write artifacts and the report to `out`.
+# --- explain, latency --------------------------------------------------------------------------
 
-    Returns the Report (also written as out/report.json and out/report.md). A parity failure does
-    not raise: `report.passed` is False and the report says which runtime failed.
-    """
-    opts = ExportOptions(target=target, out=out, **options)
-    step = progress or (lambda _msg: contextlib.nullcontext())
-    runtime_names = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
-    check_out(opts.out, opts.force)  # before any work: a bad --out costs nothing
+def explain_stage(model: nn.Module, job: Job, deployment: Deployment, stages: Stages, phase: Phases, localiser: Localiser,
+                  graph: str, raw: str) -> None:
+    """Where the first failing stage (or, with --explain, the last one) diverges: the first module over the
+    tolerance, or for a runtime that did not run at all its message and the module that froze the batch."""
+    failed = stages.failed()
+    if failed and stages.parity[failed[0]].error:
+        stage = failed[0]
+        stages.explain = explain_runtime_error(stage, stages.parity[stage].error, raw if stage == "onnx-exported" else graph,
+                                               job.batch, job.opts.dynamic_batch, module_kinds(model, deployment.records))
+    elif failed or job.opts.explain:
+        stage = failed[0] if failed else (job.runtimes[-1] if job.runtimes else "onnx-simplified")
+        verdict = stages.parity[stage]
+        keep = tuple(k["module"] for k in stages.precision.get(stage, {}).get("kept_fp32", []))
+        with phase("explain", f"locate the first diverging layer ({stage})"):
+            stages.explain = localiser.at(stage, (verdict.atol, verdict.rtol), replace(job.runner_options, keep_fp32=keep), bool(failed))
 
-    if example_inputs is not None:
-        shapes = [tuple(t.shape) for t in example_inputs]
-    elif input_shapes:
-        shapes = [tuple(s) for s in input_shapes]
-    else:
-        raise BadInput("no input shape: pass --input-shape (e.g. 1x3x224x224) or example inputs")
-    specs = make_specs(shapes)
-    names = [s.name for s in specs]
-    batch = specs[0].shape[0]
 
-    set_eval(model)  # not `model = model.eval()`: many codebases' train() returns None
-    seeds = list(range(opts.parity_seeds))
-    parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in seeds]
-    brange = batch_range(opts, batch)
-    if brange:  # prove the batch is not baked in: the same graph over the range (min, opt, max), and an odd batch in it
-        lo, _, hi = brange
-        if not lo <= batch <= hi:
-            raise BadInput(f"the example batch {batch} is outside the batch range {lo}..{hi}")
-        for b in sorted((set(brange) | ({3} if lo < 3 < hi else set())) - {batch}):
-            parity_sets.append((f"batch{b}", random_inputs(specs, 100 + b, batch=b)))
-    with step("reference outputs (PyTorch)"):
-        refs = {label: _run_reference(model, arrays, specs) for label, arrays in parity_sets}
-    n_outputs = len(next(iter(refs.values())))
-    warnings = reference_warnings(refs)
-    with step("noise floor: the model's own fp32 rounding, against float64"):
-        floor = measure_noise_floor(model, parity_sets[0][1])
-    noise = floor.per_output
+def latency_stage(model: nn.Module, job: Job, stages: Stages, phase: Phases) -> None:
+    """Each runtime that ran, on the first parity input (and PyTorch eager only if asked); then free the sessions."""
+    feeds = job.input_sets[0][1]
+    fns = {rt: (lambda r: lambda: r.run(feeds))(run.runner) for rt, run in stages.runs.items() if run.ok}
+    if job.opts.bench_torch:
+        fns = {"torch": (lambda r: lambda: r.run(feeds))(TorchRunner(model, job.names, job.runner_options)), **fns}
+    if job.opts.bench:
+        for rt, fn in fns.items():
+            with phase("latency", f"latency: {rt}"):
+                stages.latency[rt] = measure(fn, min_iters=job.opts.iterations, min_time_s=job.opts.min_time_s)
+    for run in stages.runs.values():
+        run.runner.close()
 
-    report = Report(model=name or type(model).__name__, target=opts.target, deploy=opts.deploy, versions=versions(),
-                    inputs=[s.as_dict() for s in specs], notes=list(notes), warnings=warnings, noise_floor=floor.as_dict())
-    transaction = OutputTransaction(opts.out, opts.force)
-    tmp, diag = str(transaction.artifacts), str(transaction.scratch)  # diag: what is not an artifact (raw export, diagnostic graphs)
-    with transaction:
-        exported, records = model, []
-        if opts.deploy:
-            exported, records, report.form_choices, form_notes = deploy_for(model, parity_sets[0][1], opts, step)
-            report.notes += form_notes
-            report.layers = [r.as_dict() for r in records]
-            check = ParityCheck("torch-deployed", *opts.fp32_tolerances, noise)
-            for label, arrays in parity_sets:
-                check.add(label, refs[label], _run_reference(exported, arrays, specs))
-            report.parity["torch-deployed"] = check.result.as_dict()
 
-        onnx_path = os.path.join(tmp, "model.onnx")
-        input_sets = [(label, dict(zip(names, arrays))) for label, arrays in parity_sets]
-        raw_path = os.path.join(diag, "exported.onnx")
-        export_kw = dict(opset=opts.opset, dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, simplifier=opts.simplifier)
-        with step(f"export to ONNX (opset {opts.opset})"):
-            example = to_torch(parity_sets[0][1])
-            info = export_onnx(exported, example, onnx_path, input_names=names, n_outputs=n_outputs, raw_path=raw_path, **export_kw)
-        report.export = {k: v for k, v in info.as_dict().items() if k != "path"}
-        report.artifacts["onnx"] = "model.onnx"
-        if available("onnxruntime"):  # the ladder's middle rungs: the graph itself, no runtime optimisation
-            with step("ONNX graph parity (ONNX Runtime, optimisations off)"):
-                for stage, path in (("onnx-exported", raw_path), ("onnx-simplified", onnx_path)):
-                    report.parity[stage] = _graph_parity(stage, path, input_sets, refs, opts, noise).as_dict()
+# --- report and artifacts ----------------------------------------------------------------------
 
-        runner_opts = RunnerOptions(opts.threads, opts.device, fp16=opts.fp16, batch_range=brange, workspace_mb=opts.workspace_mb)
-        latency_fns: dict[str, Callable[[], object]] = {}
-        bench_feeds = dict(zip(names, parity_sets[0][1]))
-        torch_runner = TorchRunner(model, names, runner_opts)
-        report.runtimes["torch"] = torch_runner.describe()
-        latency_fns["torch"] = lambda: torch_runner.run(bench_feeds)
-        runners = []
-        for rt in runtime_names:
-            with step(f"{rt}: load, check parity"):
-                runner = make_runner(rt, runner_opts)
-                result, artifacts = check_runner(rt, runner, onnx_path, tmp, input_sets, refs, opts.atol, opts.rtol, noise)
-            if opts.fp16:
-                kept: list[dict] = []
-                fp32_graph_ok = report.parity.get("onnx-simplified", {}).get("passed", True)  # else not a precision problem
-                if not result.passed and result.error is None and runner.keeps_fp32_modules and fp32_graph_ok:
-                    with step(f"{rt}: keep the modules that fail in {result.precision} in fp32"):
-                        runner, result, artifacts, kept = _repair_fp16(
-                            rt, runner, result, artifacts, onnx_path, tmp, input_sets, refs, runner_opts, opts,
-                            lambda stage, ropts, tol: _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts,
-                                                              export_kw, diag, ropts, lambda k: False, tol), noise)
-                report.precision[rt] = {"asked": "fp16", "ran": result.precision, "kept_fp32": kept}
-                if not runner.keeps_fp32_modules:
-                    report.precision[rt]["note"] = f"none: {rt} offers no per-layer precision control here"
-            runners.append(runner)
-            report.artifacts.update({key: os.path.relpath(path, tmp) for key, path in artifacts.items()})
-            report.parity[rt] = result.as_dict()
-            report.runtimes[rt] = runner.describe()
-            if result.error is None:
-                latency_fns[rt] = (lambda r: lambda: r.run(bench_feeds))(runner)
-        failed = [k for k, p in report.parity.items() if not p["passed"]]
-        report.first_failing_stage = failed[0] if failed else None
-        if failed and report.parity[failed[0]].get("error"):  # the runtime did not run: quote it, find a frozen batch
-            from .explain import module_kinds, explain_runtime_error
-
-            stage = failed[0]
-            report.explain = explain_runtime_error(stage, report.parity[stage]["error"], raw_path if stage == "onnx-exported" else onnx_path,
-                                                   batch, opts.dynamic_batch, module_kinds(model, records))
-        elif failed or opts.explain:
-            stage = failed[0] if failed else (runtime_names[-1] if runtime_names else "onnx-simplified")
-            with step(f"locate the first diverging layer ({stage})"):
-                kept_here = tuple(k["module"] for k in report.precision.get(stage, {}).get("kept_fp32", []))
-                report.explain = _explain(stage, model, exported, records, parity_sets[0][1], names, n_outputs, opts, export_kw,
-                                          diag, replace(runner_opts, keep_fp32=kept_here), lambda k: report.parity[k]["passed"],
-                                          (report.parity[stage]["atol"], report.parity[stage]["rtol"]))
-        if opts.bench:
-            for rt, fn in latency_fns.items():
-                with step(f"latency: {rt}"):
-                    report.latency_ms[rt] = measure(fn, min_iters=opts.iterations, min_time_s=opts.min_time_s).as_dict()
-        for r in runners:
-            r.close()
-        report.artifacts["report_json"] = "report.json"
-        report.artifacts["report_md"] = "report.md"
-        if opts.bundle:
-            report.artifacts["bundle"] = "bundle"
-        with open(os.path.join(tmp, "report.json"), "w") as f:
-            f.write(report.to_json())
-        with open(os.path.join(tmp, "report.md"), "w") as f:
-            f.write(report.to_markdown())
-        if opts.bundle:
-            from .bundle import write_bundle
-
-            write_bundle(os.path.join(tmp, "bundle"), onnx_path, report.inputs, output_names(n_outputs), parity_sets, refs,
-                         opts.atol, opts.rtol, report.to_json(), opts.dynamic_batch, report.model,
-                         sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])}), noise)
-        written = transaction.commit()
-    if written != transaction.target:
-        report.notes.append(f"{opts.out} appeared while this run went on: the results were written to {written} instead")
-    report.out = str(written)
-    report.artifacts = {k: os.path.join(str(written), v) for k, v in report.artifacts.items()}
+def build_report(model: nn.Module, name: str | None, notes: Sequence[str], job: Job, reference: Reference, deployment: Deployment,
+                 info: ExportInfo, stages: Stages) -> Report:
+    """The run's record: here the typed results become the report's plain data."""
+    failed = stages.failed()
+    runtimes = {rt: run.description for rt, run in stages.runs.items()}
+    if job.opts.bench_torch:
+        runtimes = {"torch": TorchRunner(model, job.names, job.runner_options).describe(), **runtimes}
+    report = Report(model=name or type(model).__name__, target=job.opts.target, deploy=job.opts.deploy, versions=versions(),
+                    inputs=[s.as_dict() for s in job.specs], notes=[*notes, *deployment.notes], warnings=reference.warnings,
+                    noise_floor=reference.floor.as_dict(), layers=[r.as_dict() for r in deployment.records],
+                    form_choices=deployment.choices, parity={k: p.as_dict() for k, p in stages.parity.items()},
+                    latency_ms={k: s.as_dict() for k, s in stages.latency.items()}, runtimes=runtimes,
+                    export={k: v for k, v in info.as_dict().items() if k != "path"}, precision=stages.precision,
+                    first_failing_stage=failed[0] if failed else None, explain=stages.explain, timings=dict(stages.timings),
+                    peak_rss_mb=peak_rss_mb())
+    report.artifacts = {**stages.artifacts, "report_json": "report.json", "report_md": "report.md",
+                        **({"bundle": "bundle"} if job.opts.bundle else {})}
     return report
+
+
+def write_stage(report: Report, job: Job, reference: Reference, graph: str, folder: str) -> None:
+    with open(os.path.join(folder, "report.json"), "w") as f:
+        f.write(report.to_json())
+    with open(os.path.join(folder, "report.md"), "w") as f:
+        f.write(report.to_markdown())
+    if job.opts.bundle:
+        from .bundle import write_bundle
+
+        kept = sorted({k["module"] for d in report.precision.values() for k in d.get("kept_fp32", [])})
+        write_bundle(os.path.join(folder, "bundle"), graph, report.inputs, output_names(reference.n_outputs), job.parity_sets,
+                     reference.outputs, job.opts.atol, job.opts.rtol, report.to_json(), job.opts.dynamic_batch, report.model, kept,
+                     reference.floor.per_output)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"polyexport": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "onnx", "onnxsim", "onnxslim", "onnxruntime", "openvino", "tensorrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -25,11 +25,26 @@ class Report:
     precision: dict[str, dict] = field(default_factory=dict)  # with --fp16, per runtime: asked, ran, modules kept in fp32
     warnings: list[str] = field(default_factory=list)  # what makes the reference a poor witness (parity.reference_warnings)
     noise_floor: dict = field(default_factory=dict)  # the reference's own fp32 rounding per output (noise_floor.py)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of the run
+    peak_rss_mb: float | None = None  # the process's peak resident memory when the report was made
     out: str = ""  # where the artifacts were written (not in report.json: that is written before they move there)
 
     @property
     def passed(self) -> bool:
         return all(p.get("passed") for p in self.parity.values())
+
+    def layer_counts(self) -> dict[str, int]:
+        """converted (a deploy form), kept (as reference), folded (a BatchNorm merged into the conv before it),
+        absorbed (a conv that took a neighbour into its weights, e.g. a channel permutation)."""
+        counts = {"converted": 0, "kept": 0, "folded": 0, "absorbed": 0}
+        for l in self.layers:
+            counts[{"reference": "kept", "folded": "folded", "absorbed": "absorbed"}.get(l["form"], "converted")] += 1
+        return counts
+
+    def layer_summary(self) -> str:
+        c = self.layer_counts()
+        return (f"{c['converted']} layer(s) converted, {c['kept']} kept as reference, {c['folded']} BatchNorm folded, "
+                f"{c['absorbed']} conv(s) absorbed a neighbour")
 
     def failed_runtimes(self) -> list[str]:
         return [k for k, p in self.parity.items() if not p.get("passed")]
@@ -42,6 +57,7 @@ class Report:
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
             "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
             "precision": self.precision, "warnings": self.warnings, "noise_floor": self.noise_floor,
+            "timings": self.timings, "peak_rss_mb": self.peak_rss_mb,
         }
 
     def to_json(self) -> str:
@@ -116,12 +132,11 @@ class Report:
             for k, d in self.runtimes.items():
                 lines.append(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in d.items()))
             lines.append("")
-        swapped = [l for l in self.layers if l["form"] not in ("folded",)]
-        folded = len(self.layers) - len(swapped)
-        lines += ["## Layers", "", f"{len(swapped)} layer(s) converted, {folded} BatchNorm folded.", ""]
-        if swapped:
+        listed = [l for l in self.layers if l["form"] != "folded" or l["type"] != "BatchNorm2d"]
+        lines += ["## Layers", "", self.layer_summary() + ".", ""]
+        if listed:
             lines += ["| module | type | form | note |", "|---|---|---|---|"]
-            lines += [f"| `{l['name']}` | {l['type']} | {l['form']} | {l.get('note', '')} |" for l in swapped]
+            lines += [f"| `{l['name']}` | {l['type']} | {l['form']} | {l.get('note', '')} |" for l in listed]
             lines.append("")
         if self.form_choices:
             lines += ["## Form choices (timed on the target runtime)", "", "| module | type | input | form latency (ms) | chosen | cached |", "|---|---|---|---|---|---|"]
@@ -129,6 +144,11 @@ class Report:
                 times = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} rejected (fails or differs here)" for k, v in c["timings_ms"].items())
                 lines.append(f"| `{c['name']}` | {c['type']} | {'×'.join(map(str, c['input'][0]))} | {times} | **{c['chosen']}** | {'yes' if c['cached'] else 'no'} |")
             lines.append("")
+        if self.timings:
+            total = sum(self.timings.values())
+            lines += ["## Cost of this run", "", "| phase | seconds |", "|---|---|"]
+            lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+            lines += [f"| **total** | **{total:.1f}** |", "", f"Peak memory (resident): {self.peak_rss_mb:.0f} MB." if self.peak_rss_mb else "", ""]
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]

@@ -86,32 +86,38 @@ def test_a_form_wrong_on_the_runtime_is_never_chosen(tmp_path):
     assert records[0].form == "exact"
 
 
-def test_whole_model_candidates_cover_every_single_fixed_form(tmp_path, monkeypatch):
+def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypatch):
     """With two layer types, the per-layer choice is checked against every assignment a single forced form
     gives (the other type timed per layer, or in the preferred order) and the preferred order itself, each
-    assignment once: so the automatic choice can only lose to one of them by timing noise."""
+    assignment once, as long as its per-layer timings come within WHOLE_MODEL_MARGIN of the choice's: one
+    further behind cannot win as a whole graph, and is not timed (that check is the costly part)."""
+    from polyexport.autoform import WHOLE_MODEL_MARGIN, _layer_total, whole_model_alternatives
     from polyexport.convert import assignment, registered_layers
     from polyexport.layers.hetconv import ShiftedHetConv
-    from polyexport.pipeline import ExportOptions, _form_timer, _whole_model_alternatives
+    from polyexport.pipeline import ExportOptions, form_timer
 
     monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
     model = randomize_(nn.Sequential(MixedConv2d(16, 16, [3, 5], depthwise=True), nn.BatchNorm2d(16), nn.ReLU(),
                                      ShiftedHetConv(16, 16, 4, 3), nn.BatchNorm2d(16)), seed=5).eval()
     x = torch.randn(1, 16, 12, 12)
-    opts = ExportOptions(target="onnxruntime", threads=1, form_choice="auto")
-    ranker = _form_timer(model, [x.numpy()], opts)
+    ranker = form_timer(model, [x.numpy()], ExportOptions(target="onnxruntime", threads=1, form_choice="auto"))
     _, records = convert(model, "onnxruntime", ranker=ranker)
-    alternatives = _whole_model_alternatives(model, records, opts, ranker)
+    alternatives = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
     timed = [assignment(records)] + [assignment(recs) for _, recs in alternatives.values()]
     assert len(set(timed)) == len(timed), "an assignment timed twice"
     assert len(ranker.choices) == 2  # the alternatives' lookups are not reported as choices
-    assert assignment(convert(model, "onnxruntime")[1]) in timed  # the preferred order
+    per_layer = {c["name"]: c["timings_ms"] for c in ranker.choices}
+    limit = WHOLE_MODEL_MARGIN * _layer_total(records, per_layer)
     entries = {t.__name__: e for t, e in registered_layers().items()}
+    considered = [convert(model, "onnxruntime")[1]]  # the preferred order
     for typ in ("MixedConv2d", "ShiftedHetConv"):
         for form in entries[typ].forms:
             try:
-                fixed = convert(model, "onnxruntime", {typ: form})[1]
+                considered += [convert(model, "onnxruntime", {typ: form})[1], convert(model, "onnxruntime", {typ: form}, ranker=ranker)[1]]
             except Exception:  # noqa: BLE001 - a form that does not apply to this layer
                 continue
-            assert assignment(fixed) in timed, f"{typ}={form} (others preferred) never timed"
-            assert assignment(convert(model, "onnxruntime", {typ: form}, ranker=ranker)[1]) in timed, f"{typ}={form} never timed"
+    ranker.choices[:] = ranker.choices[:2]
+    for recs in considered:
+        plausible = _layer_total(recs, per_layer) <= limit
+        assert (assignment(recs) in timed) == plausible or assignment(recs) == assignment(records), \
+            [(r.name, r.form) for r in recs]

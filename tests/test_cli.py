@@ -28,10 +28,12 @@ def report(out: str) -> dict:
 
 
 def test_zoo_model_on_onnxruntime_with_latency(out, capsys):
-    assert cli("zoo:resnet18", "--target", "onnxruntime", "--input-shape", "1x3x64x64", "--out", out, "--iterations", "3", "--threads", "1") == 0
+    assert cli("zoo:resnet18", "--target", "onnxruntime", "--input-shape", "1x3x64x64", "--out", out, "--iterations", "3", "--threads", "1",
+               "--bench-torch") == 0
     r = report(out)
     assert r["parity"]["onnxruntime"]["passed"] and r["parity"]["onnxruntime"]["max_rel_err"] < 1e-5
     assert set(r["latency_ms"]) == {"torch", "onnxruntime"} and r["latency_ms"]["onnxruntime"]["n"] >= 3
+    assert {"reference", "export", "parity", "runtimes", "latency"} <= set(r["timings"]) and r["peak_rss_mb"] > 0
     assert r["runtimes"]["onnxruntime"]["threads"] == 1 and r["runtimes"]["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
     assert sum(l["form"] == "folded" for l in r["layers"]) == 20  # every BN of ResNet-18 folded
     assert {"torch", "onnx", "onnxruntime"} <= set(r["versions"])

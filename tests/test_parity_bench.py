@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from polyexport.bench import measure, stats_from
-from polyexport.parity import ParityCheck, compare
+from polyexport.parity import Tolerance, compare, judge
+from polyexport.runs import RunResult
 
 
 def test_compare_scale_relative():
@@ -26,16 +27,22 @@ def test_compare_rejects_shape_nan_and_sign_flip():
     assert not flipped.passed and flipped.cosine < -0.99
 
 
-def test_parity_check_takes_the_worst_over_batches():
-    check = ParityCheck("rt", atol=0.0, rtol=1e-3)
+def test_judge_takes_the_worst_over_batches():
     ref = [np.ones(4), np.full(2, 10.0)]
-    check.add("a", ref, [np.ones(4), np.full(2, 10.0)])
-    check.add("b", ref, [np.ones(4) * 1.5, np.full(2, 10.0)])
-    r = check.result
+    run = RunResult("rt", {"a": [np.ones(4), np.full(2, 10.0)], "b": [np.ones(4) * 1.5, np.full(2, 10.0)]})
+    r = judge(run, {"a": ref, "b": ref}, Tolerance(0.0, 1e-3))
     assert not r.passed and r.max_abs_err == 0.5 and r.worst().name == "b/output0"
-    check2 = ParityCheck("rt")
-    check2.add("a", ref, ref[:1])
-    assert not check2.result.passed and "outputs" in check2.result.error
+    short = judge(RunResult("rt", {"a": ref[:1]}), {"a": ref}, Tolerance())
+    assert not short.passed and "outputs" in short.error
+    failed = judge(RunResult("rt", error="rt failed running input a (1x4): Boom"), {"a": ref}, Tolerance())
+    assert not failed.passed and failed.as_dict()["error"].endswith("Boom")
+
+
+def test_tolerance_none_follows_the_precision_that_ran():
+    ref = {"a": [np.linspace(1, 2, 10)]}
+    off = {"a": [np.linspace(1, 2, 10) * 1.001]}  # 1e-3: too much for fp32, fine for fp16
+    assert not judge(RunResult("rt", off, precision="fp32"), ref, Tolerance(None, None)).passed
+    assert judge(RunResult("rt", off, precision="fp16"), ref, Tolerance(None, None)).passed
 
 
 def test_stats_and_measure_stopping_rule():
@@ -55,9 +62,7 @@ def test_nan_in_the_reference_or_the_runtime_never_passes():
     got[0, 0] = np.inf
     only_runtime = compare("o", np.ones((2, 3)), got, 1e9, 1e9)
     assert not only_runtime.passed and "where PyTorch's output is finite" in only_runtime.problem
-    check = ParityCheck("rt")
-    check.add("a", [np.full((2, 3), np.nan)], [np.full((2, 3), np.nan)])
-    r = check.result.as_dict()
+    r = judge(RunResult("rt", {"a": [np.full((2, 3), np.nan)]}), {"a": [np.full((2, 3), np.nan)]}, Tolerance()).as_dict()
     assert not r["passed"] and r["problems"] and np.isnan(r["cosine"])
 
 

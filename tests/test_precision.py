@@ -16,7 +16,9 @@ from polyexport.bundle import verify_bundle
 from polyexport.cli import main
 from polyexport.errors import BadInput
 from polyexport.parity import DEFAULT_RTOL, topk_agreement
-from polyexport.precision import TOLERANCES, convert_fp16, normalize, scope_prefixes
+from polyexport.export.fp16 import convert_fp16
+from polyexport.precision import TOLERANCES, normalize
+from polyexport.scopes import scope_prefixes
 from polyexport.runtimes import installed
 from polyexport.testing import randomize_
 

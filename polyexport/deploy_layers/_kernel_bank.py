@@ -28,6 +28,83 @@ from ..layers.condconv import pad_same
 from .conv_bn import bn_scale_shift
 
 
+def _int_const(g, value) -> "torch._C.Value":
+    return g.op("Constant", value_t=torch.tensor(value, dtype=torch.int64))
+
+
+class _PerSampleConv(torch.autograd.Function):
+    """Each sample convolved with its own kernel  coeffs[b] @ flat  and bias  coeffs[b] @ bias_flat + shift.
+
+    Eager: the batch folded into the conv's groups (as the papers' code). Exported (TorchScript exporter) as
+    one dynamic-batch graph with no batch in any attribute: `If(batch == 1)` → the kernel by one MatMul and a
+    plain Conv with it (groups = the layer's own), else the B kernels by one MatMul and a `Loop` running that
+    Conv on each sample (its scan output stacked back into the batch); `switch=False`: the Loop only. The
+    aggregation MatMuls sit inside the branches: with them outside (a large run-time tensor read only by the
+    subgraphs), OpenVINO 2026.4's CPU plugin returned garbage for two such layers in a row with a Relu
+    between them (tests/test_layer_dynamic_conv.py keeps that case).
+    """
+
+    @staticmethod
+    def forward(ctx, x, coeffs, flat, bias_flat, shift, kernel_shape, stride, padding, dilation, groups, switch):  # noqa: ARG004
+        b, c, h, w = x.shape
+        kernels = torch.matmul(coeffs, flat).reshape(-1, *kernel_shape[1:])
+        bias = torch.addmm(shift, coeffs, bias_flat).reshape(-1)
+        out = F.conv2d(x.reshape(1, b * c, h, w), kernels, bias, stride, padding, dilation, groups * b)
+        # a copy, not a view: the caller may modify it in place (ReLU(inplace=True)), which autograd forbids on a view
+        return out.reshape(b, -1, out.shape[-2], out.shape[-1]).clone()
+
+    @staticmethod
+    def symbolic(g, x, coeffs, flat, bias_flat, shift, kernel_shape, stride, padding, dilation, groups, switch):
+        from torch.onnx._internal.torchscript_exporter import jit_utils
+        from torch.onnx._internal.torchscript_exporter import utils as ts_utils
+
+        attrs = dict(kernel_shape_i=list(kernel_shape[2:]), strides_i=list(stride), pads_i=list(padding) * 2,
+                     dilations_i=list(dilation), group_i=groups)
+
+        def kernels(ctx):
+            return ctx.op("MatMul", coeffs, flat), ctx.op("Gemm", coeffs, bias_flat, shift)
+
+        def conv(ctx, xs, ws, bs):
+            return ctx.op("Conv", xs, ctx.op("Reshape", ws, _int_const(ctx, list(kernel_shape))),
+                          ctx.op("Reshape", bs, _int_const(ctx, kernel_shape[:1])), **attrs)
+
+        batch = g.op("Gather", g.op("Shape", x), _int_const(g, 0), axis_i=0)
+
+        def loop(ctx):
+            weight, bias = kernels(ctx)
+            keep_going = ctx.op("Cast", _int_const(ctx, 1), to_i=9)  # BOOL
+            stacked, (body,), _ = jit_utils.add_op_with_blocks(ctx, "Loop", batch, keep_going, n_blocks=1, outputs=1)
+            i = ts_utils._add_input_to_block(body.block)
+            ts_utils._add_input_to_block(body.block)  # the loop condition, unused
+            at = body.op("Unsqueeze", i, _int_const(body, [0]))
+            one = conv(body, body.op("Gather", x, at, axis_i=0), body.op("Gather", weight, at, axis_i=0),
+                       body.op("Gather", bias, at, axis_i=0))
+            ts_utils._add_output_to_block(body.block, body.op("Cast", _int_const(body, 1), to_i=9))
+            ts_utils._add_output_to_block(body.block, one)  # scan output: (batch, 1, out, h, w)
+            return ctx.op("Squeeze", stacked, _int_const(ctx, [1]))
+
+        if not switch:
+            return loop(g)
+        out, (single, several), _ = jit_utils.add_op_with_blocks(g, "If", g.op("Equal", batch, _int_const(g, 1)),
+                                                                 n_blocks=2, outputs=1)
+        ts_utils._add_output_to_block(single.block, conv(single, x, *kernels(single)))
+        ts_utils._add_output_to_block(several.block, loop(several))
+        return out
+
+
+def per_sample_conv(x: torch.Tensor, coeffs: torch.Tensor, flat: torch.Tensor, bias_flat: torch.Tensor,
+                    shift: torch.Tensor, kernel_shape: tuple[int, int, int, int], stride: tuple[int, int],
+                    padding: tuple[int, int], dilation: tuple[int, int], groups: int, switch: bool = True) -> torch.Tensor:
+    """y[b] = conv(x[b], (coeffs[b] @ flat).view(kernel_shape)) + coeffs[b] @ bias_flat + shift.
+
+    coeffs (B, K), flat (K, out·in/groups·kh·kw), bias_flat (K, out), shift (1, out). Symmetric padding only
+    (pad asymmetric cases before calling). See `_PerSampleConv` for the export. Every size is a plain int
+    known when the module is built (sizes read while tracing would be traced values).
+    """
+    return _PerSampleConv.apply(x, coeffs, flat, bias_flat, shift, tuple(int(v) for v in kernel_shape), tuple(stride),
+                                tuple(padding), tuple(dilation), groups, switch)
+
+
 @dataclass(frozen=True)
 class KernelBank:
     """The trained experts and conv geometry, independent of the layer that held them."""
@@ -130,6 +207,31 @@ class BatchedBank(_BankForm):
         return out.reshape(-1, g * out_g, h, w) + self.mixed_bias(a)
 
 
+class SampleConv(_BankForm):
+    """Per-sample kernels by one MatMul, each sample convolved with its own (If batch == 1: one Conv; else a Loop)."""
+
+    switch = True
+
+    def __init__(self, bank: KernelBank):
+        super().__init__(bank)
+        self.register_buffer("flat", bank.weight.reshape(bank.experts, -1).clone())
+        self.register_buffer("bank_bias", bank.bias.clone())
+        self.kernel_shape = tuple(int(k) for k in bank.weight.shape[1:])  # plain ints: sizes read while tracing are traced
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        bank = self.bank
+        if bank.same_pad:
+            x = pad_same(x, self.kernel_shape[2:], bank.stride, bank.dilation)
+        return per_sample_conv(x, a, self.flat, self.bank_bias, self.shift.reshape(1, -1), self.kernel_shape,
+                               bank.stride, bank.padding, bank.dilation, bank.groups, self.switch)
+
+
+class SampleLoop(SampleConv):
+    """SampleConv without the batch-1 branch: always the Loop over samples."""
+
+    switch = False
+
+
 class OutputAggregation(_BankForm):
     """One static conv computing every expert's output, mixed by a batched MatMul: K× FLOPs, any batch."""
 
@@ -171,6 +273,8 @@ FORMS: dict[str, type[_BankForm]] = {
     "bank_grouped": GroupedBank,
     "bank_batched": BatchedBank,
     "output_aggregation": OutputAggregation,
+    "sample_conv": SampleConv,
+    "sample_loop": SampleLoop,
 }
 
 

@@ -1,7 +1,6 @@
-"""ONNX Runtime: CPU execution provider (fp16: the graph converted to fp16, I/O in fp32, chosen modules
-kept in fp32, see precision.py; the CPU provider runs most fp16 nodes through fp32 kernels between
-Casts it inserts, so on a CPU fp16 means fp16 weights and rounding, not speed: the GPU providers are
-where it pays); CUDA (`--device cuda`, TF32 off for fp32 parity) or TensorRT
+"""ONNX Runtime: CPU execution provider (fp16: it is given the fp16 graph, export/fp16.py; the CPU provider
+runs most fp16 nodes through fp32 kernels between Casts it inserts, so on a CPU fp16 means fp16 weights and
+rounding, not speed: the GPU providers are where it pays); CUDA (`--device cuda`, TF32 off for fp32 parity) or TensorRT
 (`--device tensorrt`, engine and timing caches beside the artifacts) where onnxruntime-gpu has them.
 Full graph optimisation unless asked otherwise (the parity ladder runs it with optimisations off).
 The GPU providers have not been run on the machines polyexport is developed on (no GPU there)."""
@@ -25,14 +24,12 @@ def _ort():
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
-    keeps_fp32_modules = True
 
     def __init__(self, options: RunnerOptions | None = None, optimize: bool = True):
         super().__init__(options)
         self.ort = _ort()
         self.optimize = optimize
         self.session = None
-        self.fp16_info: dict = {}
 
     def _providers(self, workdir: str) -> list:
         available = self.ort.get_available_providers()
@@ -60,16 +57,9 @@ class OnnxRuntimeRunner(Runner):
             self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize else self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         so.log_severity_level = 3
-        artifacts = {}
-        if self.options.fp16:
-            from ..precision import convert_fp16
-
-            fp16_path = os.path.join(workdir, os.path.splitext(os.path.basename(onnx_path))[0] + "_fp16.onnx")
-            self.fp16_info = convert_fp16(onnx_path, fp16_path, self.options.keep_fp32)
-            onnx_path = artifacts["onnx_fp16"] = fp16_path
         self.session = self.ort.InferenceSession(onnx_path, sess_options=so, providers=self._providers(workdir))
         self._inputs = {i.name for i in self.session.get_inputs()}
-        return artifacts
+        return {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # an input the model does not use is dropped by the exporter (a constant output, DRConv's Alpha): not fed
@@ -83,8 +73,7 @@ class OnnxRuntimeRunner(Runner):
             "providers": self.session.get_providers() if self.session else [],
             "threads": so.intra_op_num_threads if so else self.options.resolved_threads(),
             "graph_optimization": "all" if self.optimize else "disabled",
-            "precision": "fp16" if self.options.fp16 else "fp32",
-            **({"kept_fp32": list(self.options.keep_fp32), "nodes_in_fp32": self.fp16_info.get("nodes_fp32")} if self.options.fp16 else {}),
+            "precision": "fp16" if self.options.fp16 else "fp32",  # fp16: the graph it was given is the fp16 one (export/fp16.py)
         }
 
     def close(self) -> None:

@@ -1,19 +1,28 @@
 """TensorRT: build an engine from the ONNX with the `tensorrt` Python API, serialize it, run it.
 
-Written against the real API of TensorRT 8.6 (JetPack 5) and 10.x (JetPack 6): explicit batch
-(a creation flag in 8.x, the only mode in 10), I/O by tensor name (`execute_async_v3`), one
-optimization profile for a dynamic batch (min/opt/max), a workspace limit, and a timing cache kept
-beside the artifacts. TF32 is cleared for fp32 builds (TensorRT enables it by default, which costs
-~1e-3 relative error). GPU memory comes from cuda-python (`cuda.bindings.runtime`, or the older
-`cuda.cudart`) so no PyTorch is needed on the device; torch.cuda is the fallback.
+Written against the Python API of TensorRT 8.5 (JetPack 5.1), 8.6 (JetPack 6.0) and 10.x (JetPack
+6.1/6.2: 10.3), every call checked in NVIDIA/TensorRT's bindings (python/src/infer/pyCore.cpp,
+pyGraph.cpp, parsers/pyOnnx.cpp on release/8.5, 8.6 and 10.3): explicit batch (a creation flag in 8.x,
+the only mode in 10), I/O by tensor name (`num_io_tensors`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`: all since 8.5), one optimization profile for the dynamic inputs, a workspace limit
+(`set_memory_pool_limit`), and a timing cache. TF32 is cleared for fp32 builds (TensorRT enables it by
+default, which costs ~1e-3 relative error). GPU memory comes from cuda-python (`cuda.bindings.runtime`,
+or the older `cuda.cudart`) so no PyTorch is needed on the device; torch.cuda is the fallback.
+
+With a `cache_dir` (verify uses one beside the bundle) the timing cache and the engine are kept there,
+named by TensorRT version and GPU; an engine is reused only when everything it was built from matches
+(ONNX SHA-256, precision, modules kept in fp32, profile, workspace) and its own checksum holds.
 
 NOT VERIFIED HERE: TensorRT cannot be installed on the machines polyexport is developed on; its
 tests skip where `tensorrt` does not import. Nothing in the README claims a TensorRT measurement.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import time
 
 import numpy as np
 
@@ -21,12 +30,23 @@ from ..errors import BadInput, RuntimeMissing
 from .base import Runner, RunnerOptions
 
 
-def _trt():
+#: how to get TensorRT's Python module: pip has it only for x86-64 and SBSA servers, not for a Jetson
+INSTALL_HINT = ("TensorRT's Python module `tensorrt` does not import here. On a Jetson, JetPack provides it "
+                "(JetPack 5.1: TensorRT 8.5, 6.0: 8.6, 6.1/6.2: 10.3): `sudo apt-get install nvidia-jetpack` installs it "
+                "for the system python3 (a virtualenv needs --system-site-packages). On an x86-64 Linux machine with an "
+                "NVIDIA GPU: pip install tensorrt")
+
+
+def require_tensorrt():
+    """The `tensorrt` module, or RuntimeMissing (exit 3) saying how to get it."""
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise RuntimeMissing("tensorrt", "tensorrt", "needs an NVIDIA GPU with TensorRT 8.6 or 10.x") from e
+        raise RuntimeMissing("tensorrt", None, INSTALL_HINT) from e
     return trt
+
+
+_trt = require_tensorrt
 
 
 def _cudart():
@@ -154,17 +174,46 @@ def gpu_name() -> str:
         return "unknown GPU"
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomically(path: str, data) -> None:
+    """Another verify of the same bundle may be reading the file: write aside, then rename over it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "gpu"
+
+
+#: an optimization profile: input name -> {"min": shape, "opt": shape, "max": shape}
+Profile = dict
+
+
 class TensorRTRunner(Runner):
     name = "tensorrt"
     keeps_fp32_modules = True
 
-    def __init__(self, options: RunnerOptions | None = None):
+    def __init__(self, options: RunnerOptions | None = None, *, profile: Profile | None = None,
+                 cache_dir: str | None = None, rebuild: bool = False):
+        """`profile`: shapes for every dynamic input (else a dynamic batch takes options.batch_range);
+        `cache_dir`: where the timing cache and the engine are kept (else the workdir `load` is given);
+        `rebuild`: build even when a matching engine is cached."""
         super().__init__(options)
-        self.trt = _trt()
+        self.trt = require_tensorrt()
         self.major = int(self.trt.__version__.split(".")[0])
         self._log = _Logger(self.trt).logger
         self.engine = self.context = self.buffers = None
-        self.built = {}
+        self.profile, self.cache_dir, self.rebuild = profile, cache_dir, rebuild
+        self.built: dict = {}
 
     # --- build -------------------------------------------------------------------------------
     def _parse(self, builder, onnx_path: str):
@@ -193,23 +242,76 @@ class TensorRTRunner(Runner):
 
     def _keep_fp32(self, network) -> int:
         """Pin the layers of the modules in options.keep_fp32 to fp32 (the parser names each layer after
-        its ONNX node, whose name carries the module's scope: precision.scope_prefixes)."""
-        from ..precision import scope_prefixes
+        its ONNX node, whose name carries the module's scope: scopes.scope_prefixes). Layers that compute
+        integers, booleans or shapes are left alone, as trtexec's --layerPrecisions does for a wildcard
+        (samples/common/sampleEngines.cpp, setLayerPrecisions): pinning those to fp32 fails the build."""
+        from ..scopes import scope_prefixes
 
+        trt = self.trt
+        not_activations = {getattr(trt, n) for n in ("int8", "int32", "int64", "bool", "uint8") if hasattr(trt, n)}
         prefixes = tuple(p for m in self.options.keep_fp32 for p in scope_prefixes(m))
         kept = 0
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            if layer.name.startswith(prefixes):
-                layer.precision = self.trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, self.trt.float32)
-                kept += 1
+            if not layer.name.startswith(prefixes) or layer.precision in not_activations:
+                continue
+            first_in = layer.get_input(0) if layer.num_inputs else None
+            if first_in is not None and (first_in.is_shape_tensor or (
+                    first_in.dtype in not_activations and layer.num_outputs and layer.get_output(0).dtype in not_activations)):
+                continue
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                if layer.get_output(j).dtype not in not_activations:
+                    layer.set_output_type(j, trt.float32)
+            kept += 1
         return kept
 
-    def load(self, onnx_path: str, workdir: str) -> dict[str, str]:
+    def _profile_shapes(self, network) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """(min, opt, max) per dynamic network input: from the explicit profile, else the batch range."""
+        out = {}
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            shape = tuple(t.shape)
+            if -1 not in shape:
+                continue
+            if self.profile is not None:
+                if t.name not in self.profile:
+                    raise BadInput(f"input '{t.name}' has dynamic dimensions {shape} but the profile gives it no shapes")
+                lo, opt, hi = (tuple(int(d) for d in self.profile[t.name][k]) for k in ("min", "opt", "max"))
+                for s in (lo, opt, hi):
+                    if len(s) != len(shape) or any(d != -1 and d != x for d, x in zip(shape, s)):
+                        raise BadInput(f"input '{t.name}': the profile's shape {list(s)} does not fit the graph's {shape}")
+            else:
+                if -1 in shape[1:]:
+                    raise BadInput(f"input '{t.name}' has dynamic dimensions besides the batch {shape}: TensorRT needs them fixed")
+                b_lo, b_opt, b_hi = self.options.batch_range or (1, 1, 32)
+                lo, opt, hi = ((b, *shape[1:]) for b in (b_lo, b_opt, b_hi))
+            out[t.name] = (lo, opt, hi)
+        return out
+
+    def _request(self, onnx_path: str) -> dict:
+        """Everything an engine is built from: a cached engine is reused only when all of it matches."""
+        fp16 = self.options.fp16
+        return {"tensorrt": self.trt.__version__, "gpu": gpu_name(), "onnx_sha256": _sha256(onnx_path),
+                "precision": "fp16" if fp16 else "fp32 (TF32 off)", "kept_fp32": sorted(self.options.keep_fp32) if fp16 else [],
+                "profile": self.profile, "batch_range": list(self.options.batch_range) if self.options.batch_range and self.profile is None else None,
+                "workspace_mb": self.options.workspace_mb}
+
+    def _cached(self, engine_path: str, request: dict) -> dict | None:
+        try:
+            with open(engine_path + ".json") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in request.items()):
+            return None
+        if meta.get("engine_sha256") != _sha256(engine_path):
+            return None  # truncated or replaced: build again
+        return meta
+
+    def _build(self, onnx_path: str, cache_path: str) -> tuple[bytes, dict]:
+        """The serialized engine, and what was built (profile, build time); the timing cache updated in place."""
         trt = self.trt
-        self.buffers = _Buffers()
         builder = trt.Builder(self._log)
         network, _parser = self._parse(builder, onnx_path)
         config = builder.create_builder_config()
@@ -221,34 +323,52 @@ class TensorRTRunner(Runner):
                 config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         else:
             config.clear_flag(trt.BuilderFlag.TF32)
-        cache_path = os.path.join(workdir, "timing.cache")
-        cache_bytes = open(cache_path, "rb").read() if os.path.exists(cache_path) else b""
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
-        if dynamic:
-            lo, opt, hi = self.options.batch_range or (1, 1, 32)
+        notes = []
+        try:
+            with open(cache_path, "rb") as f:
+                cache_bytes = f.read()
+        except OSError:
+            cache_bytes = b""
+        cache = config.create_timing_cache(cache_bytes)  # b"": a new, empty cache
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            notes.append(f"the timing cache {cache_path} did not load (another TensorRT or GPU?): started a new one")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        shapes = self._profile_shapes(network)
+        if shapes:
             profile = builder.create_optimization_profile()
-            for t in dynamic:
-                shape = tuple(t.shape)
-                if -1 in shape[1:]:
-                    raise BadInput(f"input '{t.name}' has dynamic dimensions besides the batch {shape}: TensorRT needs them fixed")
-                profile.set_shape(t.name, (lo, *shape[1:]), (opt, *shape[1:]), (hi, *shape[1:]))
+            for name, (lo, opt, hi) in shapes.items():
+                profile.set_shape(name, lo, opt, hi)
             config.add_optimization_profile(profile)
+        start = time.perf_counter()
         plan = builder.build_serialized_network(network, config)
+        build_s = time.perf_counter() - start
         if plan is None:
             raise BadInput("TensorRT could not build an engine: " + "; ".join(self._log.errors[-3:] or ["(no message)"]))
-        engine_path = os.path.join(workdir, "model.engine")
-        with open(engine_path, "wb") as f:
-            f.write(plan)
-        with open(cache_path, "wb") as f:
-            f.write(config.get_timing_cache().serialize())
-        meta = {"tensorrt": trt.__version__, "gpu": gpu_name(), "precision": "fp16" if self.options.fp16 else "fp32 (TF32 off)",
-                "kept_fp32": list(self.options.keep_fp32) if self.options.fp16 else [],
-                "batch_range": list(self.options.batch_range or (1, 1, 32)) if dynamic else None}
-        with open(engine_path + ".json", "w") as f:
-            json.dump(meta, f, indent=2)
-        self.built = meta
+        _write_atomically(cache_path, config.get_timing_cache().serialize())
+        built = {"profile_built": {n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, (lo, opt, hi) in shapes.items()} or None,
+                 "build_s": round(build_s, 3), "notes": notes}
+        return bytes(plan), built
+
+    def load(self, onnx_path: str, workdir: str) -> dict[str, str]:
+        """Build the engine (or reuse the one cached for exactly this request) and load it."""
+        trt = self.trt
+        cache_dir = self.cache_dir or workdir
+        os.makedirs(cache_dir, exist_ok=True)
+        self.buffers = _Buffers()
+        request = self._request(onnx_path)
+        tag = f"trt{trt.__version__}-{_slug(request['gpu'])}"
+        engine_path = os.path.join(cache_dir, f"model-{'fp16' if self.options.fp16 else 'fp32'}-{tag}.engine")
+        cache_path = os.path.join(cache_dir, f"timing-{tag}.cache")
+        meta = None if self.rebuild else self._cached(engine_path, request)
+        if meta is not None:
+            self.built = dict(meta, engine="reused", engine_path=engine_path, timing_cache=cache_path)
+        else:
+            plan, built = self._build(onnx_path, cache_path)
+            _write_atomically(engine_path, plan)
+            meta = dict(request, **built, engine_sha256=_sha256(engine_path), built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            _write_atomically(engine_path + ".json", json.dumps(meta, indent=2).encode())
+            self.built = dict(meta, engine="built", engine_path=engine_path, timing_cache=cache_path)
         self.load_engine(engine_path)
         return {"tensorrt_engine": engine_path, "tensorrt_timing_cache": cache_path}
 
@@ -294,8 +414,11 @@ class TensorRTRunner(Runner):
         return results
 
     def describe(self) -> dict:
-        return {"version": self.trt.__version__, "device": gpu_name(), "precision": self.built.get("precision", "fp16" if self.options.fp16 else "fp32 (TF32 off)"),
-                "workspace_mb": self.options.workspace_mb, "batch_range": self.built.get("batch_range"), "timing_cache": True}
+        b = self.built
+        return {"version": self.trt.__version__, "device": gpu_name(), "precision": b.get("precision", "fp16" if self.options.fp16 else "fp32 (TF32 off)"),
+                "kept_fp32": b.get("kept_fp32", []), "workspace_mb": self.options.workspace_mb, "profile": b.get("profile_built"),
+                "engine": b.get("engine"), "engine_path": b.get("engine_path"), "build_s": b.get("build_s"),
+                "timing_cache": b.get("timing_cache"), "notes": b.get("notes", [])}
 
     def close(self) -> None:
         if self.buffers is not None:

@@ -1,9 +1,14 @@
 """What TensorRT's ONNX parser will refuse, found statically, before a build (no tensorrt import).
 
 Rules come from onnx-tensorrt's operator support matrix for each release (docs/operators.md on the
-8.6-GA and 10.1-GA branches) and its importers: the restrictions that bite the layers polyexport
-converts are convolution weights computed at run time, the batch folded into a Conv's `group`,
-INT64 shape arithmetic, Resize modes, and inputs that must be build-time constants.
+8.5-GA, 8.6-GA, 10.0-GA and 10.1-GA branches) and its importers: the restrictions that bite the layers
+polyexport converts are convolution weights computed at run time, the batch folded into a Conv's
+`group`, INT64 shape arithmetic, Resize modes, and inputs that must be build-time constants. Each
+finding names the PyTorch module its node came from (scopes.module_of_node).
+
+Versions are the ones JetPack ships: 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), 10.3 (JetPack 6.1/6.2). Any
+"8.5", "8.6.2", "10", "10.3"… is accepted and mapped to its rule set (`rules_for`); all 10.x share one,
+with 10.0/10.1's documented opset range (9-20; later 10.x parse more, so this errs on the strict side).
 """
 from __future__ import annotations
 
@@ -11,9 +16,14 @@ from dataclasses import dataclass
 
 import onnx
 
-VERSIONS = ("8.6", "10")  # JetPack 5 ships TensorRT 8.5/8.6; JetPack 6 ships 10.x
-MAX_OPSET = {"8.6": 17, "10": 20}
-MIN_OPSET = {"8.6": 7, "10": 9}
+from ..scopes import module_of_node
+
+VERSIONS = ("8.5", "8.6", "10")  # rule sets: JetPack 5.1 ships 8.5, JetPack 6.0 8.6, JetPack 6.1/6.2 10.3
+DEFAULT_VERSIONS = ("8.6", "10")  # what `polyexport check` checks unless told
+#: operators.md: "TensorRT 8.5/8.6 supports operators up to Opset 17" (and back to 7, the developer guide);
+#: "TensorRT 10.0 supports operators in the inclusive range of opset 9 to opset 20" (10.1-GA says the same)
+MAX_OPSET = {"8.5": 17, "8.6": 17, "10": 20}
+MIN_OPSET = {"8.5": 7, "8.6": 7, "10": 9}
 
 _UNSUPPORTED_COMMON = {
     "Bernoulli", "BitShift", "BlackmanWindow", "Compress", "ConcatFromSequence", "ConvInteger", "DFT", "Det",
@@ -24,6 +34,8 @@ _UNSUPPORTED_COMMON = {
     "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringNormalizer", "TfIdfVectorizer", "Unique",
 }
 UNSUPPORTED = {
+    # 8.5 also lacks LayerNormalization (what torch exports nn.LayerNorm as from opset 17) and IsInf
+    "8.5": _UNSUPPORTED_COMMON | {"Hardmax", "IsInf", "LayerNormalization"},
     "8.6": _UNSUPPORTED_COMMON | {"Hardmax"},
     "10": _UNSUPPORTED_COMMON | {"AffineGrid", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "Col2Im",
                                  "CenterCropPad", "ImageDecoder", "RegexFullMatch", "StringConcat", "StringSplit"},
@@ -36,6 +48,20 @@ CONSTANT_INPUTS = {("Slice", 3): "axes", ("Squeeze", 1): "axes", ("Unsqueeze", 1
                    ("CumSum", 1): "axis", ("ReduceSum", 1): "axes", ("OneHot", 1): "depth"}
 
 
+def rules_for(version: str) -> str:
+    """The rule set for a TensorRT version string: "8.5", "8.5.2" -> "8.5"; "8.6", "8.6.2" -> "8.6";
+    "10", "10.3", "10.3.0" -> "10". ValueError for anything else (older, 9.x, or not a version)."""
+    parts = str(version).strip().lower().lstrip("v").split(".")
+    if not parts or not all(p.isdigit() for p in parts if p) or not parts[0]:
+        raise ValueError(f"TensorRT version {version!r}: not a version number (e.g. 8.5, 8.6, 10, 10.3)")
+    major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1] else None
+    if major == 10:
+        return "10"
+    if major == 8 and minor in (5, 6):
+        return f"8.{minor}"
+    raise ValueError(f"TensorRT version {version!r}: polyexport checks 8.5, 8.6 and 10.x (what JetPack 5.1, 6.0 and 6.1/6.2 ship)")
+
+
 @dataclass
 class Finding:
     severity: str  # "error" (the parse or build fails) | "warning" (works, with a cost) | "info"
@@ -43,9 +69,16 @@ class Finding:
     node: str
     op: str
     message: str
+    module: str | None = None  # the PyTorch module the node came from (its scope), where the name tells
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def where(self) -> str:
+        """'node (Op)', with ', module m' where known: the line a user greps for."""
+        if not self.node:
+            return "graph"
+        return f"{self.node} ({self.op}" + (f", module {self.module})" if self.module else ")")
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -57,9 +90,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def lint_tensorrt(model: onnx.ModelProto | str, version: str = "8.6") -> list[Finding]:
-    """Findings for `model` against TensorRT `version` ("8.6" or "10"), most severe first."""
-    if version not in VERSIONS:
-        raise ValueError(f"TensorRT version {version!r}: choose one of {VERSIONS}")
+    """Findings for `model` against TensorRT `version` ("8.5", "8.6", "10", "10.3", …: rules_for), most severe
+    first, each naming its node's PyTorch module where the node name carries one."""
+    label = str(version).strip()
+    version = rules_for(label)
     if isinstance(model, str):
         model = onnx.load(model)
     try:
@@ -72,7 +106,7 @@ def lint_tensorrt(model: onnx.ModelProto | str, version: str = "8.6") -> list[Fi
     out: list[Finding] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not MIN_OPSET[version] <= opset <= MAX_OPSET[version]:
-        out.append(Finding("error", "opset", "", "", f"opset {opset}: TensorRT {version} parses opsets {MIN_OPSET[version]}–{MAX_OPSET[version]} (re-export with --opset {min(max(opset, MIN_OPSET[version]), MAX_OPSET[version])})"))
+        out.append(Finding("error", "opset", "", "", f"opset {opset}: TensorRT {label} parses opsets {MIN_OPSET[version]}–{MAX_OPSET[version]} (re-export with --opset {min(max(opset, MIN_OPSET[version]), MAX_OPSET[version])})"))
 
     batch_dynamic = any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param for i in g.input)
     for node in g.node:
@@ -81,7 +115,7 @@ def lint_tensorrt(model: onnx.ModelProto | str, version: str = "8.6") -> list[Fi
             out.append(Finding("error", "custom-op", name, op, f"custom domain '{node.domain}': needs a TensorRT plugin"))
             continue
         if op in UNSUPPORTED[version]:
-            out.append(Finding("error", "unsupported-op", name, op, f"{op} is not supported by TensorRT {version}'s ONNX parser"))
+            out.append(Finding("error", "unsupported-op", name, op, f"{op} is not supported by TensorRT {label}'s ONNX parser"))
         if op in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] not in constants:
             group = _attr(node, "group", 1)
             x_shape = types.get(node.input[0])
@@ -107,11 +141,13 @@ def lint_tensorrt(model: onnx.ModelProto | str, version: str = "8.6") -> list[Fi
         for (cop, idx), what in CONSTANT_INPUTS.items():
             if op == cop and len(node.input) > idx and node.input[idx] and node.input[idx] not in constants:
                 out.append(Finding("error", "needs-constant", name, op, f"{op}'s `{what}` must be a build-time constant"))
-        if version == "8.6":
+        if version in ("8.5", "8.6"):
             for o in node.output:
                 t = types.get(o)
                 if t is not None and t.elem_type == onnx.TensorProto.INT64 and op not in ("Shape", "Constant"):
-                    out.append(Finding("info", "int64", name, op, "INT64 tensor: TensorRT 8.6 casts it to INT32 (values beyond ±2³¹ clamp)"))
+                    out.append(Finding("info", "int64", name, op, f"INT64 tensor: TensorRT {label} casts it to INT32 (values beyond ±2³¹ clamp)"))
                     break
+    for f in out:
+        f.module = module_of_node(f.node) if f.node else None
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(out, key=lambda f: order[f.severity])

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..export import flatten_outputs
+from ..outputs import flatten_outputs
 from .base import Runner, RunnerOptions
 
 

@@ -1,0 +1,57 @@
+"""torch ► ONNX ► simplify ► check, as one call: the graph the pipeline ships, and what it took."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import ExportFailed
+from .simplify import simplify
+from .torch_onnx import export_with_attribution
+
+
+@dataclass
+class ExportInfo:
+    path: str
+    exporter: str
+    opset: int
+    simplifier: str
+    dynamic_batch: bool
+    seconds: float
+    nodes: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, input_names: list[str],
+                n_outputs: int, opset: int = 17, dynamic_batch: bool = False, exporter: str = "torchscript",
+                simplifier: str = "onnxsim", raw_path: str | None = None,
+                dynamic_axes: dict[str, dict[int, str]] | None = None) -> ExportInfo:
+    """Export, simplify, check and shape-infer; the file at `path` is the final graph.
+
+    `raw_path`, if given, keeps the exporter's graph before simplification (for staged parity).
+    `dynamic_axes` ({name: {axis: label}}, inputs and outputs) makes further axes dynamic, by name:
+    e.g. the instance axis of a dynamic head's per-instance inputs and its output.
+    """
+    t0 = time.perf_counter()
+    export_with_attribution(model, args, path, input_names=input_names, n_outputs=n_outputs, opset=opset,
+                            dynamic_batch=dynamic_batch, exporter=exporter, dynamic_axes=dynamic_axes)
+    proto = onnx.load(path)
+    if raw_path:
+        onnx.save(proto, raw_path)
+    proto, how = simplify(proto, simplifier)
+    try:
+        onnx.checker.check_model(proto, full_check=False)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportFailed(f"the exported ONNX graph is invalid: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    onnx.save(proto, path)
+    onnx.checker.check_model(path, full_check=True)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    return ExportInfo(path, exporter, opset, how, dynamic_batch, time.perf_counter() - t0, len(proto.graph.node), dict(ops.most_common()))
