@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,3 +211,146 @@ def test_a_looser_tolerance_comes_only_from_the_command_line_and_is_said(bundle,
     assert cli("verify", copy, "--target", "onnxruntime", "--no-bench", "--rtol", "10") == 0
     assert "from the command line (looser than the bundle's)" in capsys.readouterr().err
     assert cli("verify", copy, "--target", "onnxruntime", "--no-bench", "--atol", "inf") == 2
+
+
+# --- the device's engine build: manifest fields, command lines (issue 14) ---------------------------------
+from polyexport.trtexec import device_commands, trtexec_command  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def static_bundle(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("s") / "out")
+    assert cli("usernets:build", "--input-shape", "1x3x24x24", "--bundle", "--no-bench", "--out", out) == 0
+    return os.path.join(out, "bundle")
+
+
+def test_dynamic_bundle_carries_its_profile_and_commands(bundle):
+    """Parity ran at batches 1-8 around the export's 2: the profile covers every input set, opt is the export's."""
+    manifest = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert manifest["profile"] == {"input": {"min": [1, 3, 24, 24], "opt": [2, 3, 24, 24], "max": [8, 3, 24, 24]}}
+    assert manifest["fp16"] is False and manifest["workspace_mb"] == 1024
+    for version in ("8.5", "8.6", "10", "10.3"):
+        c = device_commands(bundle, version)
+        assert c["verify"] == f"polyexport verify {bundle} --target tensorrt"
+        assert c["trtexec"] == (f"trtexec --onnx={bundle}/model.onnx --minShapes=input:1x3x24x24 --optShapes=input:2x3x24x24 "
+                                f"--maxShapes=input:8x3x24x24 --memPoolSize=workspace:1024 --noTF32 "
+                                f"--timingCacheFile={bundle}/trtexec-timing.cache --saveEngine={bundle}/model-fp32-trtexec.engine")
+    readme = open(os.path.join(bundle, "README.txt")).read()
+    assert "polyexport verify . --target tensorrt\n" in readme and "--onnx=model.onnx --minShapes=input:1x3x24x24" in readme
+    assert "README.txt" not in manifest["sha256"]  # instructions only: see bundle.py
+
+
+def test_static_bundle_has_no_shape_flags(static_bundle):
+    """trtexec refuses shape flags on a graph with fixed shapes ("Static model does not take explicit shapes")."""
+    manifest = json.load(open(os.path.join(static_bundle, "manifest.json")))
+    assert manifest["profile"] is None and not manifest["dynamic_batch"]
+    c = device_commands(static_bundle, "8.6", bundle_dir="b")
+    assert c == {"verify": "polyexport verify b --target tensorrt",
+                 "trtexec": "trtexec --onnx=b/model.onnx --memPoolSize=workspace:1024 --noTF32 --timingCacheFile=b/trtexec-timing.cache "
+                            "--saveEngine=b/model-fp32-trtexec.engine"}
+
+
+def test_fp16_commands_pin_the_kept_modules_per_version():
+    """10.x takes one wildcard per layer name; 8.x matches whole names, so the kept module's nodes are listed."""
+    manifest = {"inputs": [{"name": "x:0", "shape": [1, 3, 8, 8]}], "fp16": True, "fp16_keep_fp32": ["head.conv"], "workspace_mb": 512,
+                "profile": {"x:0": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [16, 3, 8, 8]}}}
+    ten = trtexec_command(manifest, "10.3", "bundle")
+    assert ten == ("trtexec --onnx=bundle/model.onnx \"--minShapes='x:0':1x3x8x8\" \"--optShapes='x:0':4x3x8x8\" \"--maxShapes='x:0':16x3x8x8\" "
+                   "--memPoolSize=workspace:512 --fp16 --precisionConstraints=obey '--layerPrecisions=/head/head.conv/*:fp32' "
+                   "'--layerOutputTypes=/head/head.conv/*:fp32' --timingCacheFile=bundle/trtexec-timing.cache "
+                   "--saveEngine=bundle/model-fp16-trtexec.engine")
+    assert shlex.split(ten)[2] == "--minShapes='x:0':1x3x8x8"  # what trtexec receives: the name quoted, as its parser wants
+    nodes = ["/stem/Conv", "/head/head.conv/Conv", "/head/head.conv/Relu", "/head/Add"]
+    eight = trtexec_command(manifest, "8.6", ".", nodes)
+    assert "--layerPrecisions=/head/head.conv/Conv:fp32,/head/head.conv/Relu:fp32 " in eight and "--noTF32" not in eight
+    assert "--precisionConstraints" not in trtexec_command(manifest, "8.5", ".")  # no node names: nothing to pin
+    note = device_commands(manifest, "8.5")["note"]
+    assert "head.conv" in note and "not pinned" in note
+    assert device_commands(manifest, "10")["verify"] == "polyexport verify bundle --target tensorrt --fp16"
+    with pytest.raises(ValueError, match="8.5, 8.6 and 10"):
+        trtexec_command(manifest, "7.1")
+
+
+def test_fp16_bundle_runs_fp16_by_its_own_tolerance(bundle, tmp_path):
+    """A bundle written for fp16 records it in the manifest and in the checksummed tolerance.json; verify runs it in
+    fp16 without being told, and flipping the manifest's field alone is caught."""
+    from polyexport.bundle import Bundle, read_bundle, write_bundle
+
+    b: Bundle = read_bundle(bundle)
+    sets = [(label, [feeds[s["name"]] for s in b.manifest["inputs"]]) for label, feeds in b.input_sets()]
+    folder = write_bundle(str(tmp_path / "fp16"), b.onnx, b.manifest["inputs"], b.manifest["outputs"], sets, b.references(), None, None,
+                          "{}", True, "m", [], b.tolerance["noise_floor"], fp16=True, batch_range=(1, 4, 16), workspace_mb=256)
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    assert manifest["fp16"] and manifest["workspace_mb"] == 256
+    assert manifest["profile"]["input"] == {"min": [1, 3, 24, 24], "opt": [4, 3, 24, 24], "max": [16, 3, 24, 24]}
+    assert json.load(open(os.path.join(folder, "tolerance.json")))["precision"] == "fp16"
+    result = tmp_path / "r.json"
+    assert cli("verify", folder, "--target", "onnxruntime", "--no-bench", "--json", str(result)) == 0
+    r = json.loads(result.read_text())
+    assert r["precision"] == {"fp16": True, "source": "bundle"} and r["parity"]["onnxruntime"]["precision"] == "fp16"
+    assert "--fp16 --timingCacheFile" in open(os.path.join(folder, "README.txt")).read()
+    manifest["fp16"] = False
+    json.dump(manifest, open(os.path.join(folder, "manifest.json"), "w"))
+    assert cli("verify", folder, "--target", "onnxruntime", "--no-bench") == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("fp16", "yes", "field 'fp16' is malformed"),
+    ("workspace_mb", 0, "field 'workspace_mb' is malformed"),
+    ("profile", {"input": {"min": [8, 3, 24, 24], "opt": [2, 3, 24, 24], "max": [8, 3, 24, 24]}}, "field 'profile' is malformed"),
+    ("profile", {"input": {"min": [1, 3], "opt": [2, 3, 24, 24], "max": [8, 3, 24, 24]}}, "field 'profile' is malformed"),
+    ("profile", {"other": {"min": [1], "opt": [1], "max": [1]}}, "names 'other', which is not one of the inputs"),
+])
+def test_malformed_engine_fields_are_one_line_exit_2(bundle, tmp_path, capsys, field, value, message):
+    copy = _tamper(bundle, tmp_path, lambda m, _: m.__setitem__(field, value))
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_bundle_from_before_the_engine_fields_still_verifies(bundle, tmp_path):
+    """fp16, profile and workspace_mb are optional: a bundle without them is fp32, and its profile is computed from
+    its graph and input sets, as verify computes it."""
+    copy = _tamper(bundle, tmp_path, lambda m, _: [m.pop(k) for k in ("fp16", "profile", "workspace_mb")])
+    assert cli("verify", copy, "--target", "onnxruntime", "--no-bench") == 0
+    assert "--minShapes=input:1x3x24x24 --optShapes=input:2x3x24x24 --maxShapes=input:8x3x24x24" in device_commands(copy)["trtexec"]
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = PerSampleKernels()
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def test_lint_findings_name_the_module(tmp_path, capsys):
+    path = str(tmp_path / "wrapped.onnx")
+    export_onnx(Wrapped().eval(), (torch.randn(2, 4, 8, 8),), path, input_names=["input"], n_outputs=1)
+    findings = [f for f in lint_tensorrt(path, "10.3") if f.rule == "batch-in-group"]
+    assert findings and {f.module for f in findings} == {"head"} and findings[0].as_dict()["module"] == "head"
+    assert cli("check", path, "--trt-version", "8.5") == 1
+    assert "module head): per-sample weights" in capsys.readouterr().out
+
+
+def test_lint_versions_map_to_their_rules(tmp_path, capsys):
+    """TensorRT 8.5's parser has no LayerNormalization (what nn.LayerNorm exports as from opset 17); 8.6 and 10 do."""
+    from polyexport.runtimes.tensorrt_lint import rules_for
+
+    assert [rules_for(v) for v in ("8.5", "8.5.2", "8.6", "8.6.2.3", "10", "10.3", "10.3.0", "v10.7")] == ["8.5", "8.5", "8.6", "8.6", "10", "10", "10", "10"]
+    for bad in ("8.4", "9.3", "7", "11", "ten", ""):
+        with pytest.raises(ValueError):
+            rules_for(bad)
+    path = str(tmp_path / "ln.onnx")
+    export_onnx(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2), nn.LayerNorm(16)).eval(), (torch.randn(1, 3, 4, 4),), path,
+                input_names=["input"], n_outputs=1, opset=17)
+    import onnx
+
+    if "LayerNormalization" not in {n.op_type for n in onnx.load(path).graph.node}:
+        pytest.skip("this exporter decomposed LayerNorm")
+    by_version = {v: {f.op for f in lint_tensorrt(path, v) if f.rule == "unsupported-op"} for v in ("8.5", "8.6", "10.3")}
+    assert by_version == {"8.5": {"LayerNormalization"}, "8.6": set(), "10.3": set()}
+    assert cli("check", path, "--trt-version", "8.6", "--trt-version", "10.3") == 0
+    assert cli("check", path, "--trt-version", "9.1") == 2
+    assert "8.5, 8.6 and 10.x" in capsys.readouterr().err

@@ -1,10 +1,13 @@
-"""TensorRT runner: runs where `tensorrt` imports and a GPU is present; skips with the reason elsewhere.
+"""TensorRT runner and `verify --target tensorrt`: run where `tensorrt` imports and a GPU is present; skip with
+the reason elsewhere. Without TensorRT, what must hold is tested too: exit 3 with the install hint, nothing written.
 
-The machines polyexport is developed and tested on have neither, so these tests have not run here.
+The machines polyexport is developed and tested on have neither, so the TensorRT tests have not run here.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ def test_batch_range_is_validated(tmp_path, capsys):
     from polyexport.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["usernets:build", "--batch-range", "4,2,8", "--out", str(tmp_path / "o"), "--no-bench"])
+        main(["usernets:build", "--dynamic-batch", "--batch-range", "4,2,8", "--out", str(tmp_path / "o"), "--no-bench"])
     assert e.value.code == 2 and "MIN,OPT,MAX" in capsys.readouterr().err
 
 
@@ -59,3 +62,60 @@ def test_engine_from_another_version_is_a_clear_error(tmp_path):
     (tmp_path / "model.engine.json").write_text(json.dumps({"tensorrt": "7.0.0", "gpu": "Some Other GPU"}))
     with pytest.raises(BadInput, match="rebuild it from the ONNX"):
         make_runner("tensorrt").load_engine(str(engine))
+
+
+def _cli(*argv: str) -> int:
+    from polyexport.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("b") / "out")
+    assert _cli("usernets:build", "--input-shape", "2x3x24x24", "--dynamic-batch", "--bundle", "--no-bench", "--out", out) == 0
+    return os.path.join(out, "bundle")
+
+
+def _listing(folder: str) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `folder` with its size and modification time."""
+    return {os.path.relpath(os.path.join(d, f), folder): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, dirs, files in os.walk(folder) for f in [*dirs, *files]}
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here: the missing-TensorRT path cannot be taken")
+def test_verify_without_tensorrt_is_exit_3_with_the_hint_and_writes_nothing(bundle, tmp_path, capsys):
+    before = _listing(bundle)
+    result = tmp_path / "r.json"
+    assert _cli("verify", bundle, "--target", "tensorrt", "--json", str(result)) == 3
+    err = capsys.readouterr().err
+    assert "JetPack provides it" in err and "nvidia-jetpack" in err and err.count("\n") == 1, err
+    assert _listing(bundle) == before and not result.exists()
+
+
+@requires_trt
+def test_verify_builds_beside_the_bundle_and_reuses_the_engine(bundle, tmp_path):
+    """First verify builds (timing cache and engine in BUNDLE/tensorrt/), the second reuses the engine; both pass."""
+    runs = []
+    for i in range(2):
+        result = tmp_path / f"r{i}.json"
+        assert _cli("verify", bundle, "--target", "tensorrt", "--iterations", "3", "--json", str(result)) == 0
+        runs.append(json.loads(result.read_text()))
+    assert [r["runtime"]["engine"] for r in runs] == ["built", "reused"]
+    assert runs[0]["runtime"]["profile"] == {"input": {"min": [1, 3, 24, 24], "opt": [2, 3, 24, 24], "max": [8, 3, 24, 24]}}
+    cache = os.path.join(bundle, "tensorrt")
+    assert os.path.dirname(runs[1]["runtime"]["engine_path"]) == cache and os.path.isfile(runs[1]["runtime"]["timing_cache"])
+    assert runs[1]["parity"]["tensorrt"]["comparisons"] == 6 and runs[1]["latency_ms"]["tensorrt"]["n"] >= 3
+    assert _cli("verify", bundle, "--target", "tensorrt", "--no-bench", "--rebuild-engine", "--json", str(tmp_path / "r.json")) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["runtime"]["engine"] == "built"
+
+
+@requires_trt
+def test_verify_fp16_builds_an_fp16_engine(bundle, tmp_path):
+    result = tmp_path / "r.json"
+    code = _cli("verify", bundle, "--target", "tensorrt", "--fp16", "--no-bench", "--json", str(result))
+    r = json.loads(result.read_text())
+    assert r["precision"] == {"fp16": True, "source": "command line"} and r["runtime"]["precision"] == "fp16"
+    assert code == (0 if r["passed"] else 1) and r["parity"]["tensorrt"]["precision"] == "fp16"
