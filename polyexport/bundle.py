@@ -292,18 +292,21 @@ def _tensorrt_cache_dir(folder: str) -> tuple[str, str | None]:
 
 
 def _make_runner(bundle: Bundle, target: str, options: RunnerOptions, sets: list, rebuild: bool) -> tuple:
-    """The runner for `target` and a note, if any. TensorRT builds by the bundle's own profile and workspace,
-    caching beside the bundle; its absence is exit 3 before anything is written."""
+    """(runner, note or None, a temporary folder to remove afterwards or None). TensorRT builds by the bundle's
+    own profile and workspace, caching beside the bundle; TensorRT or CUDA access missing is exit 3 before
+    anything is written."""
     if target != "tensorrt":
-        return make_runner(target, options), None
-    from .runtimes.tensorrt import TensorRTRunner, require_tensorrt
+        return make_runner(target, options), None, None
+    from .runtimes.tensorrt import TensorRTRunner, require_cuda, require_tensorrt
 
     require_tensorrt()
+    require_cuda()
     m = bundle.manifest
     profile = m["profile"] if "profile" in m else tensorrt_profile(bundle.onnx, m["inputs"], [feeds for _, feeds in sets])
     options.workspace_mb = m.get("workspace_mb", DEFAULT_WORKSPACE_MB)
     cache_dir, note = _tensorrt_cache_dir(bundle.folder)
-    return TensorRTRunner(options, profile=profile, cache_dir=cache_dir, rebuild=rebuild), note
+    runner = TensorRTRunner(options, profile=profile, cache_dir=cache_dir, rebuild=rebuild)
+    return runner, note, cache_dir if note else None
 
 
 def verify_bundle(folder: str, target: str, threads: int | None = None, device: str = "cpu", bench: bool = True,
@@ -313,7 +316,7 @@ def verify_bundle(folder: str, target: str, threads: int | None = None, device: 
 
     The tolerance is the bundle's (tolerance.json, checksummed); `atol`/`rtol` given here replace it, and the
     result says so (`tolerance.source`), louder when looser. fp16 runs when asked here or when the bundle's
-    export asked for it (`precision_source` says which); a tolerance the bundle set for fp32, or leaves to
+    export asked for it (`precision.source` says which); a tolerance the bundle set for fp32, or leaves to
     the precision (null), then follows the precision the runtime reports, and the modules the export kept in
     fp32 are kept again. TensorRT: the engine is built with the bundle's optimization profile (every input
     set fits it), its timing cache and the engine kept in BUNDLE/tensorrt/ and reused (`rebuild` to build
@@ -338,9 +341,19 @@ def verify_bundle(folder: str, target: str, threads: int | None = None, device: 
         tol.update({k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None})
     keep = tuple(bundle.manifest.get("fp16_keep_fp32", [])) if fp16 else ()
     sets = bundle.input_sets()
-    runner, note = _make_runner(bundle, target, RunnerOptions(threads, device, fp16=fp16, keep_fp32=keep), sets, rebuild)
+    runner, note, scratch = _make_runner(bundle, target, RunnerOptions(threads, device, fp16=fp16, keep_fp32=keep), sets, rebuild)
     result: dict = {"bundle": os.path.abspath(folder), "model": bundle.manifest["model"], "target": target,
                     "precision": {"fp16": fp16, "source": precision_source}, "notes": [note] if note else []}
+    try:
+        return _verify(result, bundle, target, runner, sets, tol, source, fp16, keep, bench, iterations)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _verify(result: dict, bundle: Bundle, target: str, runner, sets: list, tol: dict, source: str, fp16: bool, keep: tuple,
+            bench: bool, iterations: int) -> dict:
+    """verify_bundle's run: parity on every input set, then latency on the first."""
     with tempfile.TemporaryDirectory() as work, runner:
         graph, _ = graph_for(target, bundle.onnx, work, fp16, keep)  # ONNX Runtime runs fp16 as an fp16 graph, made here
         parity, _ = check_runner(target, runner, graph, work, sets, bundle.references(), tol["atol"], tol["rtol"],

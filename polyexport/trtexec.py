@@ -158,8 +158,9 @@ def readme(manifest: dict, folder: str | None = None, trt_versions: Sequence[str
     """README.txt: what the bundle is and the device's commands, run from inside the bundle folder."""
     nodes = _node_names(folder) if folder and manifest.get("fp16") and manifest.get("fp16_keep_fp32") else None
     lines = [f"polyexport bundle: {manifest.get('model', '')}", "",
-             "Build and check the TensorRT engine on the device (a Jetson: JetPack provides TensorRT; it needs numpy,",
-             "onnx and polyexport, not PyTorch; Python 3.8 or later). Copy this folder there, then inside it:", "",
+             "Build and check the TensorRT engine on the device (a Jetson: JetPack provides TensorRT). It needs numpy,",
+             "onnx, cuda-python (for the engine's GPU buffers: the release matching the device's CUDA) and polyexport,",
+             "not PyTorch; Python 3.8 or later. Copy this folder there, then inside it:", "",
              "  " + verify_command(manifest, "."), "",
              "builds the engine (timing cache and engine kept in tensorrt/, reused by the next run), compares its",
              "outputs with PyTorch's (reference.npz) by the checksummed tolerance.json, and times it.",

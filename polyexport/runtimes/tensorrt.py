@@ -77,20 +77,35 @@ class _Logger:
         self.logger = L()
 
 
+#: TensorRT's Python module allocates no GPU memory: cuda-python does (JetPack does not install it)
+CUDA_HINT = ("no CUDA access from Python for the engine's buffers: pip install cuda-python, the release matching the "
+             "device's CUDA (JetPack 5: 11.x, JetPack 6: 12.x), or use a CUDA build of torch")
+
+
+def require_cuda():
+    """cuda-python's runtime bindings, else a torch with CUDA (returned as ("torch", torch)); RuntimeMissing
+    (exit 3) with CUDA_HINT when neither is there."""
+    cudart = _cudart()
+    if cudart is not None:
+        return cudart
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError
+    except ImportError as e:
+        raise RuntimeMissing("tensorrt", None, CUDA_HINT) from e
+    return ("torch", torch)
+
+
 class _Buffers:
     """Device buffers and a stream: cuda-python where installed, else torch.cuda."""
 
     def __init__(self):
-        self.cudart = _cudart()
+        access = require_cuda()
+        self.cudart = None if isinstance(access, tuple) else access
         if self.cudart is None:
-            try:
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise ImportError
-            except ImportError as e:
-                raise RuntimeMissing("tensorrt", None, "no CUDA access: pip install cuda-python (or a CUDA build of torch)") from e
-            self.torch = torch
+            self.torch = torch = access[1]
             self.stream = torch.cuda.Stream()
         else:
             err, self.stream = self.cudart.cudaStreamCreate()
@@ -362,7 +377,7 @@ class TensorRTRunner(Runner):
         cache_path = os.path.join(cache_dir, f"timing-{tag}.cache")
         meta = None if self.rebuild else self._cached(engine_path, request)
         if meta is not None:
-            self.built = dict(meta, engine="reused", engine_path=engine_path, timing_cache=cache_path)
+            self.built = dict(meta, engine="reused", engine_path=engine_path, timing_cache=cache_path, notes=[])
         else:
             plan, built = self._build(onnx_path, cache_path)
             _write_atomically(engine_path, plan)
