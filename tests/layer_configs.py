@@ -620,6 +620,9 @@ class FormCheck:
     declined: str | None = None  # exact_for's reason: not a mismatch, the converter falls back
     torch_error: float | None = None  # max error / output scale in PyTorch
     runtime_errors: dict[str, float] = field(default_factory=dict)  # worst over both batches, per runtime
+    #: runtimes where the reference harness itself fails (e.g. a user's 'same'-padded dilated conv that stays
+    #: as it is: ONNX Runtime refuses its auto_pad): no form can be judged there; not a mismatch
+    reference_fails: dict[str, str] = field(default_factory=dict)
     failure: str | None = None  # an exception (build, convert, export, runtime) or a wrong record
     folds: int = 0  # BNs folded and convs absorbed by the converter around the layer
 
@@ -675,10 +678,33 @@ def runtime_seed(case: LayerCase, batches: Sequence[int], n_runtimes: int) -> in
     return None
 
 
+def _exception_text(stage: str, e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)[-1]
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{stage}: {type(e).__name__}: {text} ({tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+
+
+def _on_runtimes(case: LayerCase, deployed: nn.Module, form: Form, runtimes: Sequence[str], batches: Sequence[int],
+                 seed: int) -> dict[str, float]:
+    """Worst error per runtime of one exported graph (raises what check_on_runtimes raises)."""
+    checks = check_on_runtimes(case.model, deployed, case.input_shapes, batches=batches, runtimes=list(runtimes),
+                               rtol=1.0, seed=seed, dynamic_batch=form.dynamic_batch,
+                               onnx_check=constant_conv_weights if form.constant_weights else None)
+    worst: dict[str, float] = {}
+    for c in checks:
+        worst[c.runtime] = max(worst.get(c.runtime, 0.0), c.worst)
+    return worst
+
+
 def check_form(case: LayerCase, form: Form, runtimes: Sequence[str] = (), seed: int = 0,
                second_batch: int | None = None) -> FormCheck:
     """Deploy `case` with `form` (unless exact_for declines), compare in PyTorch, then on each runtime
-    from one exported graph (at two batches where the form claims a dynamic batch); never raises."""
+    from one exported graph (at two batches where the form claims a dynamic batch); never raises.
+
+    rtol 1.0 in check_on_runtimes only keeps it from raising on an ordinary mismatch: the error is
+    recorded and judged by FormCheck.mismatches at RTOL. Where a runtime fails, each runtime is tried
+    alone, and one where the reference harness itself fails is recorded apart, not as a mismatch.
+    """
     why = form.exact_for(case.layer)
     if why is not None:
         return FormCheck(declined=why)
@@ -693,22 +719,33 @@ def check_form(case: LayerCase, form: Form, runtimes: Sequence[str] = (), seed: 
         result.folds = sum(r.form in ("folded", "absorbed") for r in records)
         stage = "PyTorch"
         result.torch_error = torch_error(case, deployed, seed)
-        if not runtimes:
-            return result
-        stage = "export/runtime"
-        b = case.input_shapes[0][0]
-        batches = (b, second_batch if second_batch not in (None, b) else b % 5 + 1) if form.dynamic_batch else (b,)
-        rt_seed = runtime_seed(case, batches, len(runtimes))
-        if rt_seed is None:
-            result.failure = "no input seed keeps the region guide's argmax clear of ties"
-            return result
-        checks = check_on_runtimes(case.model, deployed, case.input_shapes, batches=batches, runtimes=list(runtimes),
-                                   rtol=1.0, seed=rt_seed, dynamic_batch=form.dynamic_batch,
-                                   onnx_check=constant_conv_weights if form.constant_weights else None)
-        for c in checks:
-            result.runtime_errors[c.runtime] = max(result.runtime_errors.get(c.runtime, 0.0), c.worst)
     except Exception as e:  # noqa: BLE001 - any exception is a finding, reported with where it happened
-        tb = traceback.extract_tb(e.__traceback__)[-1]
-        result.failure = f"{stage}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''} " \
-                         f"({tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+        result.failure = _exception_text(stage, e)
+        return result
+    if not runtimes:
+        return result
+    b = case.input_shapes[0][0]
+    batches = (b, second_batch if second_batch not in (None, b) else b % 5 + 1) if form.dynamic_batch else (b,)
+    rt_seed = runtime_seed(case, batches, len(runtimes))
+    if rt_seed is None:
+        result.failure = "no input seed keeps the region guide's argmax clear of ties"
+        return result
+    try:
+        result.runtime_errors = _on_runtimes(case, deployed, form, runtimes, batches, rt_seed)
+        return result
+    except Exception as first:  # noqa: BLE001 - attribute it: runtime by runtime, and the reference's own run
+        failures = []
+        for rt in runtimes:
+            try:
+                result.runtime_errors.update(_on_runtimes(case, deployed, form, [rt], batches, rt_seed))
+            except Exception as e:  # noqa: BLE001
+                try:
+                    as_is = Form("reference", lambda m: m, dynamic_batch=False, constant_weights=False)  # at its own batch
+                    _on_runtimes(case, case.model, as_is, [rt], batches, rt_seed)
+                except Exception as ref_e:  # noqa: BLE001 - the user's own model does not run there either
+                    result.reference_fails[rt] = _exception_text(f"reference on {rt}", ref_e)
+                    continue
+                failures.append(_exception_text(f"export/{rt}", e))
+        if failures or not (result.runtime_errors or result.reference_fails):
+            result.failure = "; ".join(failures) or _exception_text("export/runtime", first)
     return result
