@@ -236,7 +236,8 @@ def psconv_cases(draw, cls: type) -> LayerCase:
     cin, cout = unit * draw(st.integers(1, max(1, 24 // unit))), unit * draw(st.integers(1, max(1, 24 // unit)))
     stride, dilation, bias = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.booleans())
     masked = draw(st.booleans())  # official training keeps conv.weight zero under the mask
-    kw = dict(stride=stride, padding=1, dilation=dilation, parts=parts, bias=bias)
+    padding = draw(st.sampled_from([1, 1, "same"])) if stride == 1 else 1  # 'same' is 1 for conv's 3×3
+    kw = dict(stride=stride, padding=padding, dilation=dilation, parts=parts, bias=bias)
     if cls is PSGConv2d:
         kw["groups"] = groups
     layer = _build(lambda: cls(cin, cout, 3, **kw))

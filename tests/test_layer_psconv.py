@@ -263,3 +263,17 @@ def test_unrelated_same_name_is_not_adapted():
 
     _, records = convert(nn.Sequential(PSConv2d()))
     assert all(r.type != "PSConv2d" for r in records)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cls,kw", [(PSConv2d, dict(parts=4, dilation=2)), (PSGConv2d, dict(groups=2, parts=2))])
+def test_same_padding_is_read_as_its_numbers(form, cls, kw):
+    """padding='same' (1 for conv's 3×3) was declined as a string padding; it is the official padding=1."""
+    ref = _make(cls, 16, 16, seed=3, masked=True, padding="same", **kw)
+    if form == "masked" and cls is PSGConv2d:
+        form = "regrouped"  # PSGConv2d's official mask leaves no independent groups (see test_form_with_bn_exact)
+    dep = to_deploy(ref, form)
+    assert not any(isinstance(m, nn.Conv2d) and isinstance(m.padding, str) for m in dep.modules())
+    assert isinstance(ref.conv.padding, str)  # the layer itself is untouched
+    assert_equivalent(ref, dep, torch.randn(3, 16, 9, 6))
+    check_on_runtimes(ref, dep, [(2, 16, 7, 10)], batches=(2, 3))

@@ -28,15 +28,18 @@ that order (dense last). A BN after the layer folds into any of them (`fuse_bn`)
 
 Where the reference's branches disagree on the output size (a padding other than what the grouped
 convs imply, e.g. 3×3 with padding 0), the reference only works through broadcasting on degenerate
-sizes: no form claims it.
+sizes: no form claims it. A 'same' padding of `conv` is read (and rebuilt) as its numbers.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
 from ..convert import Form, register_layer
 from ..layers.psconv import PSConv2d, PSGConv2d, half_swap
+from ._padding import numeric_padding, written_out
 from .conv_bn import bn_scale_shift
 
 FORMS = ("masked", "regrouped", "shift_dense", "dense")
@@ -111,14 +114,25 @@ def _layer_groups(ref: PSConvRef) -> int:
     return ref.conv.groups
 
 
+def numeric(ref: PSConvRef) -> PSConvRef:
+    """`ref`, or a copy whose `conv` has its 'same'/'valid' padding as numbers: the branches are matched by
+    their numeric geometry (and torch exports 'same' as an auto_pad ONNX Runtime refuses with dilation)."""
+    if not isinstance(ref.conv.padding, str) or ref.conv.padding_mode != "zeros" or numeric_padding(ref.conv) is None:
+        return ref
+    copied = copy.deepcopy(ref)
+    copied.conv = written_out(copied.conv)
+    return copied
+
+
 def geometry_reason(ref: PSConvRef) -> str | None:
     """Why the branches cannot be summed as convs for every input size, or None.
 
     A branch's output size is ⌊(H + 2q − e(k−1) − 1)/s⌋ + 1: equal for every H iff 2q − e(k−1) is.
     """
+    ref = numeric(ref)
     convs = _branches(ref)
     if any(isinstance(c.padding, str) or c.padding_mode != "zeros" for c in convs):
-        return "a branch has string padding or a padding mode other than zeros"
+        return "a branch has an asymmetric 'same' padding or a padding mode other than zeros"
     if len({c.stride for c in convs}) != 1:
         return "branches have different strides"
     for axis in range(2):
@@ -325,11 +339,12 @@ def to_deploy(ref: PSConvRef, form: str = "regrouped") -> nn.Module:
     why = _exact_for(form)(ref)
     if why:
         raise ValueError(f"form '{form}' cannot represent this {type(ref).__name__}: {why}")
-    return _build(ref.eval(), form).eval()
+    return _build(numeric(ref).eval(), form).eval()
 
 
 def _exact_for(form: str):
     def check(ref: PSConvRef) -> str | None:
+        ref = numeric(ref)
         why = geometry_reason(ref)
         if why is None and form in ("regrouped", "masked"):
             sigma = shift_group_map(ref)
