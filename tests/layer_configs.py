@@ -33,10 +33,10 @@ from polyexport.layers.drconv import DRConv2d
 from polyexport.layers.drconv_megvii import DRConv
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
 from polyexport.layers.even_conv import OFFICIAL_CORNERS, SymmetricPadConv2d
-from polyexport.layers.hetconv import HetConv, ShiftedHetConv
+from polyexport.layers.hetconv import ShiftedHetConv
 from polyexport.layers.mixconv import Conv2dSame, MixedConv2d
-from polyexport.layers.octconv import Conv_BN, Conv_BN_ACT, OctaveConv, split_channels
-from polyexport.layers.psconv import PSConv2d, PSGConv2d
+from polyexport.layers.octconv import Conv_BN_ACT, OctaveConv, split_channels
+from polyexport.layers.psconv import PSGConv2d
 from polyexport.layers.rel_attention import RelPosAttention
 from polyexport.layers.spd_conv import SPDConv, space_to_depth
 from polyexport.testing import RTOL, check_on_runtimes, max_rel_err, randomize_

@@ -25,6 +25,7 @@ DEFAULT_EXAMPLES = 6
 #: one example in RUNTIME_EVERY also goes through ONNX Runtime
 RUNTIME_EVERY = 2
 
+
 def property_settings(examples: int) -> settings:
     return settings(max_examples=examples, derandomize=True, deadline=None, database=None, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -48,7 +49,7 @@ def test_form_exact_on_random_configs(layer_type, form):
         result = check_form(case, form, runtimes if on_runtime else ())
         if result.declined is None:
             seen["accepted"] += 1
-        problems = result.mismatches()
+        problems = result.mismatches(RTOL)
         assert not problems, f"{form.name} on {case.label}: " + "; ".join(problems)
 
     check()
