@@ -119,8 +119,12 @@ def test_deploy_equals_reference(cfg):
 
 
 def _no_conv_no_loop(path: str) -> None:
-    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
-    assert not {"Conv", "Loop", "Scan", "If", "Tile", "Expand"} & set(ops), ops  # no per-instance copy of the features
+    graph = onnx.load(path).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert not {"Conv", "Loop", "Scan", "If", "Tile"} & set(ops), ops  # as written, the features are Tiled per instance
+    small = {i.name for i in graph.initializer if np.prod(i.dims) <= 64}
+    small |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    assert all(n.input[0] in small for n in graph.node if n.op_type == "Expand"), "an Expand of a run-time tensor"
     assert ops["MatMul"] >= 2
 
 

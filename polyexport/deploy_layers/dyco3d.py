@@ -5,8 +5,9 @@ channels and each generated layer is a conv1d with `groups = instances` and run-
 instance count is frozen into the graph and TensorRT's parser sees non-initializer conv weights. Here the
 first layer's weights are split in two: the feature part multiplies the shared (C, points) features once
 for all instances, (n, out, C) @ (C, points), with no repeat; the coordinate part multiplies each
-instance's relative coordinates, (n, out, 3) @ (n, 3, points). Later layers are batched MatMuls. Nothing
-depends on the number of instances or points, so one graph runs any count of either, 0 instances included.
+instance's relative coordinates, (n, out, 3) @ (n, 3, points). Later layers are batched MatMuls, and the
+biases ride in them (a ones row under the shared features; condinst.with_bias_column). Nothing depends
+on the number of instances or points, so one graph runs any count of either, 0 instances included.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from torch import nn
 from ..convert import Form, register_layer
 from ..layers.condinst import split_params
 from ..layers.dyco3d import DyCo3DInputChecks, DyCo3DMaskHead
+from .condinst import with_bias_column
+
+
+#: constants expanded to a run-time shape (expand_as keeps the instance and point axes dynamic in the export,
+#: where ones_like/zeros_like of a reshaped tensor were exported with the traced size)
+ONE, ZERO = torch.ones(()), torch.zeros(())
 
 
 class DyCo3DBatchedHead(DyCo3DInputChecks, nn.Module):
@@ -30,16 +37,15 @@ class DyCo3DBatchedHead(DyCo3DInputChecks, nn.Module):
         self.check_inputs(mask_features, params, centres, coords)
         weights, biases = split_params(params, self.head_in_channels, self.channels, self.num_layers)
         first = weights[0]
-        x = torch.matmul(first[:, :, -self.in_channels:], mask_features.t())  # (n, out, points), features shared
+        feats = mask_features.t()
+        feats = torch.cat([feats, ONE.expand_as(feats[:1])])  # (C + 1, points): shared, the ones row carries the bias
+        x = torch.matmul(with_bias_column(first[:, :, -self.in_channels:], biases[0], keep_one=True), feats)
         if self.use_coords:
             rel = centres.unsqueeze(2) - coords.t()  # (n, 3, points): centre − point, as upstream
-            x = x + torch.matmul(first[:, :, :3], rel)
-        for i in range(self.num_layers):
-            if i:
-                x = torch.matmul(weights[i], x)
-            x = x + biases[i].unsqueeze(2)
-            if i < self.num_layers - 1:
-                x = torch.relu(x)
+            coord_part = first[:, :, :3]
+            x = x + torch.matmul(torch.cat([coord_part, ZERO.expand_as(coord_part[:, :1])], 1), rel)  # no bias: a zero row
+        for i in range(1, self.num_layers):
+            x = torch.matmul(with_bias_column(weights[i], biases[i], keep_one=i < self.num_layers - 1), torch.relu(x))
         return x.squeeze(1)
 
 
