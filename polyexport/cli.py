@@ -107,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-range", metavar="MIN,OPT,MAX", help="with --dynamic-batch: parity is checked at each, and TensorRT's profile is built "
                    "for it (default 1,BATCH,max(8,BATCH) with BATCH the input shape's)")
     p.add_argument("--workspace", type=_positive_int, default=1024, metavar="MB", help="TensorRT builder workspace (default 1024 MB)")
-    p.add_argument("--bundle", action="store_true", help="also write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, manifest) for `polyexport verify` on a device")
+    p.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=None,
+                   help="write DIR/bundle/ (ONNX, seeded inputs, PyTorch outputs, tolerance, manifest, README.txt with the device's "
+                        "commands) for `polyexport verify` on a device (default: on for --target tensorrt)")
+    p.add_argument("--trt-version", dest="trt_versions", action="append", metavar="V",
+                   help="with --target tensorrt: the TensorRT version(s) whose ONNX parser the graph must pass and the device "
+                        "commands are for: 8.5 (JetPack 5), 8.6 (JetPack 6.0), 10 (JetPack 6.1/6.2: 10.3); repeatable "
+                        "(default: 8.6 and 10)")
     p.add_argument("--version", action="version", version=f"polyexport {__version__}")
     return p
 
@@ -221,6 +227,7 @@ def run(argv: list[str] | None = None) -> int:
                     deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
                     bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
                     force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle, bench_torch=args.bench_torch,
+                    **({"trt_versions": tuple(args.trt_versions)} if args.trt_versions else {}),
                     batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain, fp16=args.fp16,
                     form_choice=choice[-1] if choice else None)
     _print_summary(report)
@@ -234,7 +241,15 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     for n in report.notes[len(notes):]:
         console.print(f"[yellow]note[/] {escape(n)}", soft_wrap=True)
-    console.print(f"[bold green]parity held[/] on {', '.join(k for k in report.parity)}; report: {report.out or args.out}/report.md", soft_wrap=True)
+    stand_in = report.stand_in["runtime"] if report.stand_in else None
+    stages = ", ".join(f"{k} (CPU stand-in for TensorRT)" if k == stand_in else k for k in report.parity)
+    console.print(f"[bold green]parity held[/] on {stages}; report: {report.out or args.out}/report.md", soft_wrap=True)
+    if report.stand_in:
+        latest = next(reversed(report.device_commands.values()), {})
+        console.print(f"[bold]TensorRT was not run here[/] ({report.stand_in['why']}): {report.stand_in['runtime']} stood in on the CPU. "
+                      f"Build and check the engine on the device: copy {report.out or args.out}/bundle there and run "
+                      f"`{latest.get('verify', 'polyexport verify bundle --target tensorrt')}` (trtexec lines in bundle/README.txt)",
+                      soft_wrap=True)
     return 0
 
 

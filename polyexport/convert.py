@@ -259,9 +259,7 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             carry_over(module, new)
             records.append(LayerRecord(name, type(module).__name__, form.name, note))
             return new, records
-        clashes = replace_module(model, name, new)
-        if clashes:
-            note = "; ".join(x for x in (note, f"attributes the deploy form has itself, not taken from the layer: {', '.join(clashes)}") if x)
+        replace_module(model, name, new)  # an attribute both have stays the deploy form's own (its state, not the layer's)
         records.append(LayerRecord(name, type(module).__name__, form.name, note))
     return model, records
 

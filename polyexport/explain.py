@@ -252,7 +252,7 @@ def _constants(model) -> dict[str, np.ndarray]:
     return out
 
 
-def frozen_batch_nodes(path: str, batch: int) -> list[dict]:
+def frozen_batch_nodes(path: str, batch: int, modules: list[str] | None = None) -> list[dict]:
     """Shape operations whose shape is a constant starting with the export's `batch` while the tensor they
     act on has a dynamic batch axis: each freezes the batch (another batch then fails or is wrong)."""
     import onnx
@@ -272,7 +272,7 @@ def frozen_batch_nodes(path: str, batch: int) -> list[dict]:
         shape = np.asarray(consts[n.input[k]]).ravel()
         data_dim = first_dim.get(n.input[0]) if n.op_type != "ConstantOfShape" else "?"
         if shape.size and shape.dtype.kind == "i" and int(shape[0]) == batch and isinstance(data_dim, str):
-            found.append({"node": n.name, "op": n.op_type, "module": module_of_node(n.name), "shape": shape.tolist()})
+            found.append({"node": n.name, "op": n.op_type, "module": module_of_node(n.name, modules), "shape": shape.tolist()})
     return found
 
 
@@ -283,8 +283,8 @@ def explain_runtime_error(stage: str, error: str, path: str, batch: int, dynamic
     named = _NODE_IN_MESSAGE.search(error)
     if named:
         entry["node"] = named.group(1)
-        entry["module"] = module_of_node(named.group(1))
-    frozen = frozen_batch_nodes(path, batch) if dynamic_batch and os.path.isfile(path) else []
+        entry["module"] = module_of_node(named.group(1), list(kinds))
+    frozen = frozen_batch_nodes(path, batch, list(kinds)) if dynamic_batch and os.path.isfile(path) else []
     if frozen:
         entry["frozen_batch"] = frozen
         entry["module"] = frozen[0]["module"] or entry["module"]

@@ -25,6 +25,9 @@ class Report:
     precision: dict[str, dict] = field(default_factory=dict)  # with --fp16, per runtime: asked, ran, modules kept in fp32
     warnings: list[str] = field(default_factory=list)  # what makes the reference a poor witness (parity.reference_warnings)
     noise_floor: dict = field(default_factory=dict)  # the reference's own fp32 rounding per output (noise_floor.py)
+    tensorrt_check: dict[str, list[dict]] = field(default_factory=dict)  # TensorRT version -> parser rule findings
+    stand_in: dict | None = None  # the runtime that stood in for the target's own (TensorRT not installed here)
+    device_commands: dict[str, dict] = field(default_factory=dict)  # TensorRT version -> the verify and trtexec lines
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of the run
     peak_rss_mb: float | None = None  # the process's peak resident memory when the report was made
     out: str = ""  # where the artifacts were written (not in report.json: that is written before they move there)
@@ -57,7 +60,8 @@ class Report:
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
             "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
             "precision": self.precision, "warnings": self.warnings, "noise_floor": self.noise_floor,
-            "timings": self.timings, "peak_rss_mb": self.peak_rss_mb,
+            "timings": self.timings, "peak_rss_mb": self.peak_rss_mb, "tensorrt_check": self.tensorrt_check,
+            "stand_in": self.stand_in, "device_commands": self.device_commands,
         }
 
     def to_json(self) -> str:
@@ -74,6 +78,24 @@ class Report:
                   f"{ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s.", ""]
         if self.warnings:
             lines += ["## Warnings", ""] + [f"- {w}" for w in self.warnings] + [""]
+        if self.stand_in:
+            lines += ["## TensorRT: not run here", "",
+                      f"{self.stand_in['why']}: parity was proven on **{self.stand_in['runtime']}** (CPU) as a stand-in, which says the graph "
+                      "computes the model's function, not what TensorRT's kernels will give. Forms: "
+                      f"{self.stand_in['forms']}. Next: {self.stand_in['next']}.", ""]
+        if self.tensorrt_check:
+            lines += ["## TensorRT parser rules (the written graph)", "", "| version | errors | warnings |", "|---|---|---|"]
+            for v, findings in self.tensorrt_check.items():
+                lines.append(f"| {v} | {sum(f['severity'] == 'error' for f in findings)} | {sum(f['severity'] == 'warning' for f in findings)} |")
+            warned = [(v, f) for v, fs in self.tensorrt_check.items() for f in fs if f["severity"] == "warning"]
+            lines += [""] + [f"- {v}: {f['message']} (node `{f['node']}`{', module `' + f['module'] + '`' if f.get('module') else ''})"
+                             for v, f in warned[:10]] + [""]
+        if self.device_commands:
+            lines += ["## On the device", "", "From the output folder, on the device:", ""]
+            for v, cmds in self.device_commands.items():
+                lines += [f"TensorRT {v}:", "", "```", cmds["verify"], cmds["trtexec"], "```", ""]
+                if cmds.get("note"):
+                    lines += [cmds["note"], ""]
         if self.parity:
             lines += ["## Parity with PyTorch", "",
                       "| stage / runtime | precision | max abs err | max err / scale | allowed err / scale | cosine | top-1 / top-5 agree | comparisons | passed |",

@@ -53,14 +53,15 @@ def _in_bundle(bundle_dir: str, name: str) -> str:
 
 def _kept_layers(manifest: dict, rules: str, node_names: Sequence[str] | None) -> list[str] | None:
     """The layer names to pin to fp32: a scope wildcard per module on 10.x; each node's name on 8.x (None
-    where the graph's node names are not at hand)."""
-    from .scopes import nodes_of, scope_prefixes
+    where the graph's node names are not at hand: a module's scope in the graph depends on which of its
+    ancestors were called, see scopes.py)."""
+    from .scopes import nodes_of, scope_path
 
     keep = manifest.get("fp16_keep_fp32", [])
-    if rules == "10":
-        return [scope_prefixes(m)[0] + "*" for m in keep]
     if node_names is None:
         return None
+    if rules == "10":
+        return [p + "*" for p in (scope_path(node_names, m) for m in keep) if p]
     return nodes_of(node_names, keep)
 
 
@@ -128,12 +129,12 @@ def device_commands(manifest_or_bundle_folder: dict | str, trt_version: str = "1
     where = bundle_dir if bundle_dir is not None else (folder or "bundle")
     from .runtimes.tensorrt_lint import rules_for
 
-    needs_nodes = bool(manifest.get("fp16") and manifest.get("fp16_keep_fp32")) and rules_for(trt_version) != "10"
+    needs_nodes = bool(manifest.get("fp16") and manifest.get("fp16_keep_fp32"))  # 8.x: every node's name; 10: the scope in the graph
     nodes = _node_names(folder) if needs_nodes else None
     out = {"verify": verify_command(manifest, where), "trtexec": trtexec_command(manifest, trt_version, where, nodes)}
     if needs_nodes and nodes is None:
         out["note"] = (f"the modules kept in fp32 ({', '.join(manifest['fp16_keep_fp32'])}) are not pinned in this trtexec line: "
-                       f"TensorRT {trt_version}'s --layerPrecisions needs every layer's name; pass the bundle folder")
+                       f"TensorRT {trt_version}'s --layerPrecisions needs the layers' names from the graph; pass the bundle folder")
     return out
 
 

@@ -251,21 +251,24 @@ def test_static_bundle_has_no_shape_flags(static_bundle):
 
 
 def test_fp16_commands_pin_the_kept_modules_per_version():
-    """10.x takes one wildcard per layer name; 8.x matches whole names, so the kept module's nodes are listed."""
+    """10.x takes one wildcard per layer name (the module's scope as the graph writes it); 8.x matches whole names,
+    so the kept module's nodes are listed. Both need the graph's node names: a module's scope depends on which
+    of its ancestors were called (scopes.py), so without them nothing is pinned, and a note says so."""
     manifest = {"inputs": [{"name": "x:0", "shape": [1, 3, 8, 8]}], "fp16": True, "fp16_keep_fp32": ["head.conv"], "workspace_mb": 512,
                 "profile": {"x:0": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [16, 3, 8, 8]}}}
-    ten = trtexec_command(manifest, "10.3", "bundle")
+    nodes = ["/stem/Conv", "/head/conv/Conv", "/head/conv/Relu", "/head/Add"]  # as the exporter names head.conv's nodes
+    ten = trtexec_command(manifest, "10.3", "bundle", nodes)
     assert ten == ("trtexec --onnx=bundle/model.onnx \"--minShapes='x:0':1x3x8x8\" \"--optShapes='x:0':4x3x8x8\" \"--maxShapes='x:0':16x3x8x8\" "
-                   "--memPoolSize=workspace:512 --fp16 --precisionConstraints=obey '--layerPrecisions=/head/head.conv/*:fp32' "
-                   "'--layerOutputTypes=/head/head.conv/*:fp32' --timingCacheFile=bundle/trtexec-timing.cache "
+                   "--memPoolSize=workspace:512 --fp16 --precisionConstraints=obey '--layerPrecisions=/head/conv/*:fp32' "
+                   "'--layerOutputTypes=/head/conv/*:fp32' --timingCacheFile=bundle/trtexec-timing.cache "
                    "--saveEngine=bundle/model-fp16-trtexec.engine")
     assert shlex.split(ten)[2] == "--minShapes='x:0':1x3x8x8"  # what trtexec receives: the name quoted, as its parser wants
-    nodes = ["/stem/Conv", "/head/head.conv/Conv", "/head/head.conv/Relu", "/head/Add"]
     eight = trtexec_command(manifest, "8.6", ".", nodes)
-    assert "--layerPrecisions=/head/head.conv/Conv:fp32,/head/head.conv/Relu:fp32 " in eight and "--noTF32" not in eight
-    assert "--precisionConstraints" not in trtexec_command(manifest, "8.5", ".")  # no node names: nothing to pin
-    note = device_commands(manifest, "8.5")["note"]
-    assert "head.conv" in note and "not pinned" in note
+    assert "--layerPrecisions=/head/conv/Conv:fp32,/head/conv/Relu:fp32 " in eight and "--noTF32" not in eight
+    for version in ("8.5", "10"):
+        assert "--precisionConstraints" not in trtexec_command(manifest, version, ".")  # no node names: nothing to pin
+        note = device_commands(manifest, version)["note"]
+        assert "head.conv" in note and "not pinned" in note
     assert device_commands(manifest, "10")["verify"] == "polyexport verify bundle --target tensorrt --fp16"
     with pytest.raises(ValueError, match="8.5, 8.6 and 10"):
         trtexec_command(manifest, "7.1")

@@ -23,19 +23,20 @@ def make_runner(name: str, options: RunnerOptions | None = None) -> Runner:
     """A runner for an ONNX runtime by name; RuntimeMissing (exit 3) names the extra to install."""
     if name not in ONNX_RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}")
+    if name == "tensorrt":
+        from .tensorrt import TensorRTRunner, require_tensorrt
+
+        require_tensorrt()  # not installable by pip on a Jetson: its own hint (JetPack)
+        return TensorRTRunner(options)
     if not available(name):
         raise RuntimeMissing(name, ONNX_RUNTIMES[name][1])
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(options)
-    if name == "openvino":
-        from .openvino import OpenVinoRunner
+    from .openvino import OpenVinoRunner
 
-        return OpenVinoRunner(options)
-    from .tensorrt import TensorRTRunner
-
-    return TensorRTRunner(options)
+    return OpenVinoRunner(options)
 
 
 __all__ = ["Runner", "RunnerOptions", "default_threads", "make_runner", "available", "installed", "ONNX_RUNTIMES"]

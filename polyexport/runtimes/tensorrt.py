@@ -257,18 +257,17 @@ class TensorRTRunner(Runner):
 
     def _keep_fp32(self, network) -> int:
         """Pin the layers of the modules in options.keep_fp32 to fp32 (the parser names each layer after
-        its ONNX node, whose name carries the module's scope: scopes.scope_prefixes). Layers that compute
+        its ONNX node, whose name carries the module's scopes: scopes.belongs). Layers that compute
         integers, booleans or shapes are left alone, as trtexec's --layerPrecisions does for a wildcard
         (samples/common/sampleEngines.cpp, setLayerPrecisions): pinning those to fp32 fails the build."""
-        from ..scopes import scope_prefixes
+        from ..scopes import belongs
 
         trt = self.trt
         not_activations = {getattr(trt, n) for n in ("int8", "int32", "int64", "bool", "uint8") if hasattr(trt, n)}
-        prefixes = tuple(p for m in self.options.keep_fp32 for p in scope_prefixes(m))
         kept = 0
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            if not layer.name.startswith(prefixes) or layer.precision in not_activations:
+            if not any(belongs(layer.name, m) for m in self.options.keep_fp32) or layer.precision in not_activations:
                 continue
             first_in = layer.get_input(0) if layer.num_inputs else None
             if first_in is not None and (first_in.is_shape_tensor or (
