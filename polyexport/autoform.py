@@ -92,6 +92,8 @@ class FormTimer:
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
                         f"|{precision}")
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
+        self.tell: Callable[[str], object] = lambda msg: None  # progress within the deploy phase (set by choose_deployment)
+        self._asked = 0
         self.cache = self._load()
         self.choices: list[dict] = []
 
@@ -150,7 +152,9 @@ class FormTimer:
         timings: dict[str, float] = dict(self.cache.get(key, {}))
         missing = [f for f in forms if f.name not in timings]
         cached = not missing
+        self._asked += 1
         if missing:
+            self.tell(f"layer {self._asked} of {len(self.inputs)}, {name} ({type(ref).__name__}): timing {', '.join(f.name for f in missing)}")
             t0 = time.perf_counter()
             timings.update(self._time(ref, args, missing))
             self.cache[key] = timings
@@ -265,7 +269,9 @@ def choose_deployment(model: nn.Module, args: tuple[torch.Tensor, ...], target: 
     """Convert `model` for `target`: with a `timer`, each layer's exact forms timed on the runtime, then the
     per-layer choice checked as a whole graph against the plausible alternatives (whole_model_alternatives)."""
     label = f"deploy: time each exact form on {target}, swap layers, fold BatchNorm" if timer else "deploy: swap layers, fold BatchNorm"
-    with progress(label):
+    with progress(label) as tell:
+        if timer is not None:
+            timer.tell = tell or timer.tell
         deployed, records = convert(model, target, forms, dynamic_batch, strict, ranker=timer)
     if timer is None:
         return Deployment(deployed, records)

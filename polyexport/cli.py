@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _step(label: str):
     t0 = time.perf_counter()
-    with console.status(f"{label}…"):
-        yield
+    with console.status(f"{label}…") as status:
+        yield status  # the pipeline updates it within a long phase (which layer, which form)
     console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - t0:.1f} s)[/]")
 
 

@@ -189,10 +189,12 @@ class Phases:
 
     @contextlib.contextmanager
     def __call__(self, phase: str, label: str | None = None):
+        """Yields `tell(msg)`: what the phase is doing now, shown beside its label where the progress display can."""
         t0 = time.perf_counter()
+        label = label or phase
         try:
-            with self.progress(label or phase):
-                yield
+            with self.progress(label) as shown:
+                yield (lambda msg: shown.update(f"{label}: {msg}…")) if hasattr(shown, "update") else (lambda msg: None)
         finally:
             self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - t0, 3)
 
@@ -209,7 +211,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     stages = Stages()
     phase = Phases(progress, stages.timings)
     job = plan(model, example_inputs, input_shapes, opts)
-    with phase("reference", "reference outputs (PyTorch) and the model's noise floor (float64)"):
+    with phase("reference", "reference outputs (PyTorch)"):
         reference = take_reference(model, job)
     with OutputTransaction(opts.out, opts.force) as tx:
         deployment = deploy_stage(model, job, reference, stages, phase)
