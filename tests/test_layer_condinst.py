@@ -160,7 +160,7 @@ def _no_conv_no_loop(path: str) -> None:
 
 
 RUNTIME_CASES = [(CONFIGS[0], "batched_matmul"), (CONFIGS[2], "batched_matmul"), (CONFIGS[3], "batched_matmul"),
-                 (CONFIGS[0], "batched_resize"), (CONFIGS[3], "batched_resize")]
+                 (CONFIGS[3], "batched_resize")]
 
 
 @pytest.mark.parametrize("cfg,form", RUNTIME_CASES, ids=[f"{cfg_id(c)}-{f}" for c, f in RUNTIME_CASES])

@@ -43,6 +43,7 @@ from polyexport.runtimes.tensorrt_lint import lint_tensorrt
 from polyexport.testing import assert_equivalent, check_instance_counts, randomize_
 from tests.foreign import dyco3d as upstream
 
+FORMS = ("batched_matmul", "bias_in_matmul")
 NAMES = ["mask_features", "params", "centres", "coords"]
 AXES = {"mask_features": {0: "points"}, "coords": {0: "points"}, "params": {0: "instances"}, "centres": {0: "instances"},
         "output": {0: "instances", 1: "points"}}
@@ -106,10 +107,11 @@ def test_inputs_reach_the_output():
         assert (ref(*changed) - base).abs().max() > 1e-3 * base.abs().max(), NAMES[i]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
-def test_deploy_equals_reference(cfg):
+def test_deploy_equals_reference(cfg, form):
     ref = DyCo3DMaskHead(*cfg)
-    deployed = to_deploy(ref)
+    deployed = to_deploy(ref, form)
     for points in (1, 7, 999):
         make = make_inputs(ref, points)
         for n in (0, 1, 2, 7, 33):
@@ -128,10 +130,14 @@ def _no_conv_no_loop(path: str) -> None:
     assert ops["MatMul"] >= 2
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[2]], ids=cfg_id)
-def test_one_graph_every_instance_and_point_count_on_runtimes(cfg):
+RUNTIME_CASES = [(CONFIGS[0], "batched_matmul"), (CONFIGS[0], "bias_in_matmul"), (CONFIGS[1], "bias_in_matmul"),
+                 (CONFIGS[2], "bias_in_matmul")]
+
+
+@pytest.mark.parametrize("cfg,form", RUNTIME_CASES, ids=[f"{cfg_id(c)}-{f}" for c, f in RUNTIME_CASES])
+def test_one_graph_every_instance_and_point_count_on_runtimes(cfg, form):
     ref = DyCo3DMaskHead(*cfg)
-    checks = check_instance_counts(ref, to_deploy(ref), make_inputs(ref, POINTS_AT), NAMES, AXES,
+    checks = check_instance_counts(ref, to_deploy(ref, form), make_inputs(ref, POINTS_AT), NAMES, AXES,
                                    counts=tuple(POINTS_AT), onnx_check=_no_conv_no_loop)
     assert {c.batch for c in checks} == set(POINTS_AT)
     assert {c.runtime for c in checks} >= {"onnxruntime", "openvino"}
@@ -145,11 +151,14 @@ def _rules(path: str, version: str) -> set[tuple[str, str]]:
 def test_tensorrt_lint_deploy_passes_as_written_flagged(tmp_path):
     ref = DyCo3DMaskHead()
     x = torch_inputs(make_inputs(ref, 300), 7)
-    deployed_path, written_path = str(tmp_path / "deployed.onnx"), str(tmp_path / "as_written.onnx")
-    export_onnx(to_deploy(ref), x, deployed_path, input_names=NAMES, n_outputs=1, dynamic_axes=AXES)
+    written_path = str(tmp_path / "as_written.onnx")
     export_onnx(ref, x, written_path, input_names=NAMES, n_outputs=1)
+    for form in FORMS:
+        deployed_path = str(tmp_path / f"{form}.onnx")
+        export_onnx(to_deploy(ref, form), x, deployed_path, input_names=NAMES, n_outputs=1, dynamic_axes=AXES)
+        for version in ("8.6", "10"):
+            assert not {r for r in _rules(deployed_path, version) if r[0] != "info"}, (form, version)
     for version in ("8.6", "10"):
-        assert not {r for r in _rules(deployed_path, version) if r[0] != "info"}, version
         written = _rules(written_path, version)
         assert {("warning", "dynamic-conv-weights"), ("error", "batch-in-group")} <= written, written
     group = {a.i for n in onnx.load(written_path).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"}
@@ -160,7 +169,7 @@ def test_wrong_parameter_length_refused():
     layout = "337 = weights 304 (16×19) + 16 (1×16), then biases 16 + 1"
     ref = DyCo3DMaskHead()
     x = list(torch_inputs(make_inputs(ref, 20), 4))
-    for module in (ref, to_deploy(ref)):
+    for module in (ref, *(to_deploy(ref, f) for f in FORMS)):
         for bad in (x[1][:, :336], torch.cat([x[1], x[1][:, :1]], 1), x[1].reshape(-1)):
             with pytest.raises(BadInput, match=r"expected \(instances, 337\).*" + re.escape(layout)):
                 module(x[0], bad, *x[2:])
@@ -171,11 +180,13 @@ def test_wrong_parameter_length_refused():
 
 
 def test_converter_picks_the_batched_form():
+    """ONNX Runtime gets the biases inside the MatMuls (it runs the Adds as separate passes), every other target after."""
     ref = DyCo3DMaskHead()
     x = torch_inputs(make_inputs(ref, 100), 7)
-    for kwargs in ({}, {"dynamic_batch": True}, {"target": "tensorrt"}):
+    for kwargs, want in (({}, "batched_matmul"), ({"dynamic_batch": True}, "batched_matmul"), ({"target": "tensorrt"}, "batched_matmul"),
+                         ({"target": "openvino"}, "batched_matmul"), ({"target": "onnxruntime"}, "bias_in_matmul")):
         deployed, records = convert(ref, **kwargs)
-        assert [(r.type, r.form) for r in records] == [("DyCo3DMaskHead", "batched_matmul")]
+        assert [(r.type, r.form) for r in records] == [("DyCo3DMaskHead", want)], kwargs
         assert_equivalent(ref, deployed, *x)
 
 

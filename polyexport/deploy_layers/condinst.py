@@ -82,7 +82,7 @@ class CondInstBatchedHead(CondInstInputChecks, nn.Module):
         self.check_inputs(mask_feats, mask_head_params, locations, fpn_levels, im_inds)
         h, w = int(mask_feats.shape[2]), int(mask_feats.shape[3])
         x = mask_feats.flatten(2).index_select(0, im_inds)  # (n, C, H·W): each instance's image
-        rows = [x, torch.ones(()).expand_as(x[:, :1])]  # the ones row carries the biases (expand_as: n stays dynamic)
+        rows = [x, torch.ones((), dtype=x.dtype).expand_as(x[:, :1])]  # the ones row carries the biases (expand_as: n stays dynamic)
         if not self.disable_rel_coords:
             rel = (locations.unsqueeze(2) - self._pixels(h, w)) / self.sizes_of_interest[fpn_levels][:, None, None]
             rows.insert(0, rel.to(x.dtype))
@@ -96,8 +96,8 @@ class CondInstBatchedHead(CondInstInputChecks, nn.Module):
         x = x.unflatten(2, (h, w))  # (n, 1, H, W)
         if self.factor == 1 or self.upsample == "resize":
             return aligned_bilinear(x, self.factor)
-        up_h = torch.from_numpy(aligned_bilinear_matrix(h, self.factor).astype(np.float32))
-        up_w = torch.from_numpy(aligned_bilinear_matrix(w, self.factor).T.astype(np.float32))
+        up_h = torch.from_numpy(aligned_bilinear_matrix(h, self.factor)).to(x.dtype)
+        up_w = torch.from_numpy(aligned_bilinear_matrix(w, self.factor).T.copy()).to(x.dtype)
         return torch.matmul(up_h, torch.matmul(x, up_w))  # width first: one GEMM over n·H rows, fewer FLOPs
 
 
