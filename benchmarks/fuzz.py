@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -124,12 +125,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=int, default=80, help="configurations drawn per layer type")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runtimes", nargs="*", default=None, help="default: every installed one but TensorRT")
+    ap.add_argument("--runtimes", nargs="*", default=None,
+                    help="default: every installed one but TensorRT; the flag alone: PyTorch only")
     ap.add_argument("--only", nargs="*", default=None, help="layer type names (default: every registered one)")
     ap.add_argument("--markdown")
     ap.add_argument("--json")
     args = ap.parse_args()
-    runtimes = runtimes_here(args.runtimes)
+    torch.set_num_threads(1)  # tiny layers: a second thread only adds synchronisation (and the runtimes get 1 too)
+    runtimes = [] if args.runtimes == [] else runtimes_here(args.runtimes)
     types = [t for t in registered_layers() if not args.only or t.__name__ in args.only]
     if args.only and len(types) != len(set(args.only)):
         known = ", ".join(sorted(t.__name__ for t in registered_layers()))
