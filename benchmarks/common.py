@@ -58,7 +58,7 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_outputs(args, markdown: str, record: dict) -> None:
-    """The two results every benchmark keeps: --markdown (for benchmarks/update_readme.py) and --json."""
+    """The two results every benchmark keeps: --markdown (the table docs/results.md links) and --json."""
     import json
 
     if getattr(args, "markdown", None):

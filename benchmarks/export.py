@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--markdown", help="write the table (and the machine line) here, for benchmarks/update_readme.py")
+    ap.add_argument("--markdown", help="write the table (and the machine line) here (docs/results.md links it)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rows = []

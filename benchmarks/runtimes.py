@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2", "resnet50"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--markdown", help="write the table (and the machine line) here, for benchmarks/update_readme.py")
+    ap.add_argument("--markdown", help="write the table (and the machine line) here (docs/results.md links it)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
