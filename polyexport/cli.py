@@ -180,74 +180,103 @@ def _print_summary(report) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """The main job: check the request before any work, load MODEL, export, print, and say how it ended."""
+    from .pipeline import export
+
     args = build_parser().parse_args(argv)
+    options = _options(args)  # every flag checked before anything is loaded or written
+    loaded, notes = _load(args)
+    shapes = _input_shapes(args, loaded, notes)
+    report = export(loaded.model, input_shapes=shapes, target=args.target, out=args.out, name=args.model, progress=_step,
+                    notes=notes, **options)
+    _print_summary(report)
+    return _last_line(report, args, len(notes))
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """export()'s options from the flags, each checked where it can be: the output folder, the input sizes, the batch
+    range, the forms, and the runtimes (exit 3 before any work)."""
     from .convert import parse_form_overrides
-    from .inputs import infer_shape, parse_shape
-    from .load import load_model
-    from .pipeline import check_runtimes, export
-
-    from .inputs import check_input_sizes
+    from .inputs import check_input_sizes, parse_shape
     from .outdir import check_out
+    from .pipeline import check_runtimes
 
-    check_out(args.out, args.force, [args.model] if os.path.exists(args.model) else [])  # before any work
-    shapes = [parse_shape(s) for s in args.input_shape or []]
-    check_input_sizes(shapes)
-    batch_range = None
-    if args.batch_range and not args.dynamic_batch:
-        raise BadInput("--batch-range needs --dynamic-batch (a static graph has one batch size)")
-    if args.batch_range:
-        try:
-            batch_range = tuple(int(v) for v in args.batch_range.split(","))
-        except ValueError:
-            batch_range = ()
-        if len(batch_range) != 3 or not 0 < batch_range[0] <= batch_range[1] <= batch_range[2]:
-            raise BadInput(f"--batch-range '{args.batch_range}': expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, e.g. 1,4,16")
+    check_out(args.out, args.force, [args.model] if os.path.exists(args.model) else [])
+    check_input_sizes([parse_shape(s) for s in args.input_shape or []])
     choice = [f for f in args.form or [] if f in ("auto", "preferred")]
     forms = parse_form_overrides([f for f in args.form or [] if f not in ("auto", "preferred")])
-    check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)  # exit 3 before any work
+    check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)
+    return dict(dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol, deploy=args.deploy, forms=forms,
+                strict=args.strict, threads=args.threads, device=args.device, bench=args.bench, iterations=args.iterations,
+                exporter=args.exporter, simplifier=args.simplifier, force=args.force, extra_runtimes=args.extra_runtimes,
+                bundle=args.bundle, bench_torch=args.bench_torch, batch_range=_batch_range(args), workspace_mb=args.workspace,
+                explain=args.explain, fp16=args.fp16, form_choice=choice[-1] if choice else None,
+                **({"trt_versions": tuple(args.trt_versions)} if args.trt_versions else {}))
+
+
+def _batch_range(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    if not args.batch_range:
+        return None
+    if not args.dynamic_batch:
+        raise BadInput("--batch-range needs --dynamic-batch (a static graph has one batch size)")
+    try:
+        values = tuple(int(v) for v in args.batch_range.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 0 < values[0] <= values[1] <= values[2]:
+        raise BadInput(f"--batch-range '{args.batch_range}': expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, e.g. 1,4,16")
+    return values
+
+
+def _load(args: argparse.Namespace):
+    from .load import load_model
+
     with _step(f"load {args.model}"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle, imports=args.imports)
-    notes = list(loaded.notes)
-    for n in notes:
+    for n in loaded.notes:
         console.print(f"  [yellow]note[/] {escape(n)}")
-    if not shapes:
-        if loaded.default_input_shape:
-            shapes = [tuple(loaded.default_input_shape)]
-        else:
-            guess = infer_shape(loaded.model)
-            if guess is None:
-                raise BadInput("no --input-shape given and none can be inferred from the model's first layer: pass --input-shape, e.g. 1x3x224x224")
-            shapes = [guess[0]]
-            msg = f"input shape {'x'.join(map(str, guess[0]))} inferred from {guess[1]}; pass --input-shape to override"
-            console.print(f"  [yellow]note[/] {escape(msg)}")
-            notes.append(msg)
-    report = export(loaded.model, input_shapes=shapes, target=args.target, out=args.out, name=args.model, progress=_step,
-                    notes=notes, dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol,
-                    deploy=args.deploy, forms=forms, strict=args.strict, threads=args.threads, device=args.device,
-                    bench=args.bench, iterations=args.iterations, exporter=args.exporter, simplifier=args.simplifier,
-                    force=args.force, extra_runtimes=args.extra_runtimes, bundle=args.bundle, bench_torch=args.bench_torch,
-                    **({"trt_versions": tuple(args.trt_versions)} if args.trt_versions else {}),
-                    batch_range=batch_range, workspace_mb=args.workspace, explain=args.explain, fp16=args.fp16,
-                    form_choice=choice[-1] if choice else None)
-    _print_summary(report)
+    return loaded, list(loaded.notes)
+
+
+def _input_shapes(args: argparse.Namespace, loaded, notes: list[str]) -> list[tuple[int, ...]]:
+    """--input-shape, else the zoo entry's, else one inferred from the first layer (said so, in `notes` too)."""
+    from .inputs import infer_shape, parse_shape
+
+    if args.input_shape:
+        return [parse_shape(s) for s in args.input_shape]
+    if loaded.default_input_shape:
+        return [tuple(loaded.default_input_shape)]
+    guess = infer_shape(loaded.model)
+    if guess is None:
+        raise BadInput("no --input-shape given and none can be inferred from the model's first layer: pass --input-shape, e.g. 1x3x224x224")
+    msg = f"input shape {'x'.join(map(str, guess[0]))} inferred from {guess[1]}; pass --input-shape to override"
+    console.print(f"  [yellow]note[/] {escape(msg)}")
+    notes.append(msg)
+    return [guess[0]]
+
+
+def _last_line(report, args: argparse.Namespace, shown_notes: int) -> int:
+    """How it ended, in the exit code and the last line(s): the first failing stage and why, or where to find the
+    report (and for TensorRT without TensorRT, what to run on the device)."""
+    out = report.out or args.out
     if not report.passed:
         first, *later = report.failed_runtimes()
         also = f" (and after it: {', '.join(later)})" if later else ""
         tol = report.parity[first]
         why = (f"it did not run: {tol['error']}" if tol.get("error") else "; ".join(tol["problems"]) if tol.get("problems") else
                f"outputs differ from PyTorch beyond atol {tol['atol']:g} + {tol.get('effective_rtol', tol['rtol']):.3g}·scale ({tol.get('precision', 'fp32')})")
-        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: {escape(why)}; artifacts kept in {args.out} (see report.md)", soft_wrap=True)
+        err_console.print(f"[bold red]parity failed[/] first at {first}{also}: {escape(why)}; artifacts kept in {out} (see report.md)", soft_wrap=True)
         return 1
-    for n in report.notes[len(notes):]:
+    for n in report.notes[shown_notes:]:
         console.print(f"[yellow]note[/] {escape(n)}", soft_wrap=True)
     stand_in = report.stand_in["runtime"] if report.stand_in else None
     stages = ", ".join(f"{k} (CPU stand-in for TensorRT)" if k == stand_in else k for k in report.parity)
-    console.print(f"[bold green]parity held[/] on {stages}; report: {report.out or args.out}/report.md", soft_wrap=True)
+    console.print(f"[bold green]parity held[/] on {stages}; report: {out}/report.md", soft_wrap=True)
     if report.stand_in:
         latest = next(reversed(report.device_commands.values()), {})
         console.print(f"[bold]TensorRT was not run here[/] ({report.stand_in['why']}): {report.stand_in['runtime']} stood in on the CPU. "
-                      f"Build and check the engine on the device: copy {report.out or args.out}/bundle there and run "
+                      f"Build and check the engine on the device: copy {out}/bundle there and run "
                       f"`{latest.get('verify', 'polyexport verify bundle --target tensorrt')}` (trtexec lines in bundle/README.txt)",
                       soft_wrap=True)
     return 0
