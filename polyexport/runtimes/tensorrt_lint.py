@@ -101,53 +101,81 @@ def lint_tensorrt(model: onnx.ModelProto | str, version: str = "8.6") -> list[Fi
     except Exception:  # noqa: BLE001 - the lint still runs on what it has
         pass
     g = model.graph
-    constants = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    types = {v.name: v.type.tensor_type for v in [*g.value_info, *g.input, *g.output]}
-    out: list[Finding] = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not MIN_OPSET[version] <= opset <= MAX_OPSET[version]:
-        out.append(Finding("error", "opset", "", "", f"opset {opset}: TensorRT {label} parses opsets {MIN_OPSET[version]}–{MAX_OPSET[version]} (re-export with --opset {min(max(opset, MIN_OPSET[version]), MAX_OPSET[version])})"))
-
-    batch_dynamic = any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param for i in g.input)
+    graph = _Graph({i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output},
+                   {v.name: v.type.tensor_type for v in [*g.value_info, *g.input, *g.output]},
+                   any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param for i in g.input))
+    out = _opset_findings(model, version, label)
     for node in g.node:
-        name, op = node.name or (node.output[0] if node.output else "?"), node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            out.append(Finding("error", "custom-op", name, op, f"custom domain '{node.domain}': needs a TensorRT plugin"))
-            continue
-        if op in UNSUPPORTED[version]:
-            out.append(Finding("error", "unsupported-op", name, op, f"{op} is not supported by TensorRT {label}'s ONNX parser"))
-        if op in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] not in constants:
-            group = _attr(node, "group", 1)
-            x_shape = types.get(node.input[0])
-            first = x_shape.shape.dim[0].dim_value if x_shape is not None and x_shape.shape.dim else 0
-            if group > 1 and first == 1:
-                out.append(Finding("error", "batch-in-group", name, op,
-                                   f"per-sample weights with the batch folded into group={group}: the engine runs only the exported batch size"
-                                   + (" (and the graph has a dynamic batch axis)" if batch_dynamic else "")))
-            out.append(Finding("warning", "dynamic-conv-weights", name, op,
-                               "convolution weights computed at run time: rejected by TensorRT's parser before 8.5; accepted since as a kernel "
-                               "input with a build-time-constant shape, without weight-specialised tactics (use a constant-weight deploy form)"))
-        if op == "Resize":
-            mode, coord = _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel")
-            nearest = _attr(node, "nearest_mode", "round_prefer_floor")
-            if mode not in RESIZE_MODE:
-                out.append(Finding("error", "resize-mode", name, op, f"Resize mode '{mode}' (TensorRT supports {sorted(RESIZE_MODE)})"))
-            if coord not in RESIZE_COORD:
-                out.append(Finding("error", "resize-coordinates", name, op, f"coordinate_transformation_mode '{coord}' is not supported"))
-            if mode == "nearest" and nearest not in RESIZE_NEAREST:
-                out.append(Finding("error", "resize-nearest", name, op, f"nearest_mode '{nearest}' is not supported"))
-            if _attr(node, "antialias", 0):
-                out.append(Finding("error", "resize-antialias", name, op, "antialiasing is not supported"))
-        for (cop, idx), what in CONSTANT_INPUTS.items():
-            if op == cop and len(node.input) > idx and node.input[idx] and node.input[idx] not in constants:
-                out.append(Finding("error", "needs-constant", name, op, f"{op}'s `{what}` must be a build-time constant"))
-        if version in ("8.5", "8.6"):
-            for o in node.output:
-                t = types.get(o)
-                if t is not None and t.elem_type == onnx.TensorProto.INT64 and op not in ("Shape", "Constant"):
-                    out.append(Finding("info", "int64", name, op, f"INT64 tensor: TensorRT {label} casts it to INT32 (values beyond ±2³¹ clamp)"))
-                    break
+        out += _node_findings(node, graph, version, label)
     for f in out:
         f.module = module_of_node(f.node) if f.node else None
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(out, key=lambda f: order[f.severity])
+
+
+@dataclass
+class _Graph:
+    constants: set  # initializers and Constant outputs
+    types: dict  # value name -> its tensor type
+    batch_dynamic: bool
+
+
+def _opset_findings(model: onnx.ModelProto, version: str, label: str) -> list[Finding]:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if MIN_OPSET[version] <= opset <= MAX_OPSET[version]:
+        return []
+    return [Finding("error", "opset", "", "", f"opset {opset}: TensorRT {label} parses opsets {MIN_OPSET[version]}–{MAX_OPSET[version]} "
+                    f"(re-export with --opset {min(max(opset, MIN_OPSET[version]), MAX_OPSET[version])})")]
+
+
+def _node_findings(node: onnx.NodeProto, graph: _Graph, version: str, label: str) -> list[Finding]:
+    name, op = node.name or (node.output[0] if node.output else "?"), node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return [Finding("error", "custom-op", name, op, f"custom domain '{node.domain}': needs a TensorRT plugin")]
+    out = []
+    if op in UNSUPPORTED[version]:
+        out.append(Finding("error", "unsupported-op", name, op, f"{op} is not supported by TensorRT {label}'s ONNX parser"))
+    if op in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] not in graph.constants:
+        out += _runtime_weight_findings(node, name, op, graph)
+    if op == "Resize":
+        out += _resize_findings(node, name, op)
+    for (cop, idx), what in CONSTANT_INPUTS.items():
+        if op == cop and len(node.input) > idx and node.input[idx] and node.input[idx] not in graph.constants:
+            out.append(Finding("error", "needs-constant", name, op, f"{op}'s `{what}` must be a build-time constant"))
+    if version in ("8.5", "8.6"):
+        for o in node.output:
+            t = graph.types.get(o)
+            if t is not None and t.elem_type == onnx.TensorProto.INT64 and op not in ("Shape", "Constant"):
+                out.append(Finding("info", "int64", name, op, f"INT64 tensor: TensorRT {label} casts it to INT32 (values beyond ±2³¹ clamp)"))
+                break
+    return out
+
+
+def _runtime_weight_findings(node: onnx.NodeProto, name: str, op: str, graph: _Graph) -> list[Finding]:
+    out = []
+    group = _attr(node, "group", 1)
+    x_shape = graph.types.get(node.input[0])
+    first = x_shape.shape.dim[0].dim_value if x_shape is not None and x_shape.shape.dim else 0
+    if group > 1 and first == 1:
+        out.append(Finding("error", "batch-in-group", name, op,
+                           f"per-sample weights with the batch folded into group={group}: the engine runs only the exported batch size"
+                           + (" (and the graph has a dynamic batch axis)" if graph.batch_dynamic else "")))
+    out.append(Finding("warning", "dynamic-conv-weights", name, op,
+                       "convolution weights computed at run time: rejected by TensorRT's parser before 8.5; accepted since as a kernel "
+                       "input with a build-time-constant shape, without weight-specialised tactics (use a constant-weight deploy form)"))
+    return out
+
+
+def _resize_findings(node: onnx.NodeProto, name: str, op: str) -> list[Finding]:
+    mode, coord = _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel")
+    nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+    out = []
+    if mode not in RESIZE_MODE:
+        out.append(Finding("error", "resize-mode", name, op, f"Resize mode '{mode}' (TensorRT supports {sorted(RESIZE_MODE)})"))
+    if coord not in RESIZE_COORD:
+        out.append(Finding("error", "resize-coordinates", name, op, f"coordinate_transformation_mode '{coord}' is not supported"))
+    if mode == "nearest" and nearest not in RESIZE_NEAREST:
+        out.append(Finding("error", "resize-nearest", name, op, f"nearest_mode '{nearest}' is not supported"))
+    if _attr(node, "antialias", 0):
+        out.append(Finding("error", "resize-antialias", name, op, "antialiasing is not supported"))
+    return out
