@@ -515,7 +515,16 @@ def rel_attention_cases(draw, cls: type) -> LayerCase:
     return _finish(layer, Harness(layer, post), [(b, dim, *window)], label, _seed(draw))
 
 
-class CondInstHarness(Harness):
+class DynamicHeadHarness(Harness):
+    """A dynamic head: the generated parameters come in as a float input, scaled like fan-in scaled weights
+    (standard normal weights through several layers give outputs dominated by cancellation)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__(layer)
+        self.param_scale = 1 / math.sqrt(max(layer.head_in_channels, layer.channels))
+
+
+class CondInstHarness(DynamicHeadHarness):
     """CondInst's mask head: float inputs only (what check_on_runtimes draws); the instances' FPN levels
     and image indices are derived from a float `selector` (n, 2), identically in every graph."""
 
@@ -523,7 +532,7 @@ class CondInstHarness(Harness):
                 selector: torch.Tensor) -> torch.Tensor:
         levels = (selector[:, 0].abs() * 10).long() % self.layer.sizes_of_interest.numel()
         images = (selector[:, 1].abs() * 10).long() % mask_feats.shape[0]
-        return self.post(self.layer(mask_feats, params, locations * 32, levels, images))
+        return self.post(self.layer(mask_feats, params * self.param_scale, locations * 32, levels, images))
 
 
 @st.composite
@@ -532,26 +541,31 @@ def condinst_cases(draw, cls: type) -> LayerCase:
     no_coords = draw(st.booleans())
     feat_stride, out_stride = draw(st.sampled_from([(8, 4), (8, 8), (8, 2), (4, 4), (16, 4)]))
     layer = _build(lambda: cls(cin, channels, layers, no_coords, mask_feat_stride=feat_stride, mask_out_stride=out_stride))
+    harness = CondInstHarness(layer)
     b, h, w = _batch(draw), _odd_biased_size(draw, 3, 9), _odd_biased_size(draw, 3, 9)
     shapes = [(b, cin, h, w), (b, layer.num_gen_params), (b, 2), (b, 2)]
     label = (f"{cls.__name__}({cin}, {channels}, layers={layers}, no_coords={no_coords}, strides {feat_stride}/{out_stride}) "
              f"@{b} instances, {h}x{w}")
-    return _finish(layer, CondInstHarness(layer), shapes, label, _seed(draw))
+    return _finish(layer, harness, shapes, label, _seed(draw))
 
 
-class DyCo3DHarness(Harness):
+class DyCo3DHarness(DynamicHeadHarness):
+    """DyCo3D's head: every input's first axis is the instance count n (what check_on_runtimes varies); the
+    points are n·P (features (n, P, C) and coordinates (n, P, 3) flattened), so there are always several."""
+
     def forward(self, feats: torch.Tensor, params: torch.Tensor, centres: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.post(self.layer(feats, params, centres, coords))
+        return self.post(self.layer(feats.flatten(0, 1), params * self.param_scale, centres, coords.flatten(0, 1)))
 
 
 @st.composite
 def dyco3d_cases(draw, cls: type) -> LayerCase:
     cin, channels, layers, coords = draw(st.integers(1, 16)), draw(st.integers(1, 16)), draw(st.integers(2, 3)), draw(st.booleans())
     layer = _build(lambda: cls(cin, channels, layers, coords))
-    b = _batch(draw)  # instances and points alike: check_on_runtimes varies every input's first axis together
-    shapes = [(b, cin), (b, layer.num_gen_params), (b, 3), (b, 3)]
-    label = f"{cls.__name__}({cin}, {channels}, layers={layers}, coords={coords}) @{b} instances and points"
-    return _finish(layer, DyCo3DHarness(layer), shapes, label, _seed(draw))
+    harness = DyCo3DHarness(layer)
+    b, points = _batch(draw), draw(st.integers(2, 12))
+    shapes = [(b, points, cin), (b, layer.num_gen_params), (b, 3), (b, points, 3)]
+    label = f"{cls.__name__}({cin}, {channels}, layers={layers}, coords={coords}) @{b} instances, {b}x{points} points"
+    return _finish(layer, harness, shapes, label, _seed(draw))
 
 
 class DetectHarness(Harness):
