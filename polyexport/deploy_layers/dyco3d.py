@@ -11,8 +11,8 @@ depends on the number of instances or points, so one graph runs any count of eit
 Two forms differ in where the biases are added. "batched_matmul" adds them after each MatMul, which
 OpenVINO fuses into the MatMul; "bias_in_matmul" carries them inside the MatMuls (a ones row under the
 relative coordinates, condinst.with_bias_column), which saves ONNX Runtime the Add passes over
-(n, channels, points) but costs OpenVINO the extra row. Measured at 50 000 points, interleaved: ONNX
-Runtime 0.85-0.95× with the biases inside, OpenVINO 1.08-1.23× (benchmarks/heads.py has the sweep).
+(n, channels, points) but costs OpenVINO the extra row. Measured at 50 000 points and 10-100 instances
+(benchmarks/results/heads.md): ONNX Runtime 0.8-0.96× the time with the biases inside, OpenVINO 1.05-1.15×.
 """
 from __future__ import annotations
 
