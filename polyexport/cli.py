@@ -186,9 +186,11 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = _options(args)  # every flag checked before anything is loaded or written
     loaded, notes = _load(args)
-    shapes = _input_shapes(args, loaded, notes)
-    report = export(loaded.model, input_shapes=shapes, target=args.target, out=args.out, name=args.model, progress=_step,
-                    notes=notes, **options)
+    if loaded.input_specs and not args.input_shape:  # a model with several described inputs (a zoo dynamic head)
+        inputs = dict(input_specs=loaded.input_specs, output_axes=loaded.output_axes)
+    else:
+        inputs = dict(input_shapes=_input_shapes(args, loaded, notes))
+    report = export(loaded.model, target=args.target, out=args.out, name=args.model, progress=_step, notes=notes, **inputs, **options)
     _print_summary(report)
     return _last_line(report, args, len(notes))
 

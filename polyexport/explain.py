@@ -107,7 +107,7 @@ def _module_noise(model: nn.Module, names: list[str], args: tuple, fp32: dict[st
     deep in a network a module's output can carry more rounding than the fixed rtol, and the first module
     over the tolerance must be where an error was introduced, not where the rounding grew (see noise_floor.py)."""
     try:
-        _, exact = _capture(float64_twin(model), names, tuple(a.double() for a in args))
+        _, exact = _capture(float64_twin(model), names, tuple(a.double() if a.is_floating_point() else a for a in args))
     except Exception:  # noqa: BLE001 - a model that cannot run in float64: the fixed tolerance alone
         return {}
     out = {}

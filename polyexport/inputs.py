@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,15 +15,33 @@ _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One model input: its example shape and dtype; an integer input (indices) draws from [0, high); `axes` names
+    the axes that vary from call to call ({0: "instances"}): every input's axes with one label are one size."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    high: int | None = None
+    axes: dict[int, str] = field(default_factory=dict, hash=False)
 
     def with_batch(self, batch: int) -> "InputSpec":
-        return InputSpec(self.name, (batch, *self.shape[1:]), self.dtype)
+        return InputSpec(self.name, (batch, *self.shape[1:]), self.dtype, self.high, self.axes)
+
+    def sized(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """The shape with its named axes set to `sizes` (by label), the others as in the example."""
+        shape = list(self.shape)
+        for axis, label in self.axes.items():
+            if label in sizes:
+                shape[axis] = sizes[label]
+        return tuple(shape)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.high is not None:
+            d["high"] = self.high
+        if self.axes:
+            d["dynamic_axes"] = {str(k): v for k, v in self.axes.items()}
+        return d
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -76,13 +94,17 @@ def infer_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
     return None
 
 
-def random_inputs(specs: list[InputSpec], seed: int, batch: int | None = None) -> list[np.ndarray]:
-    """Seeded standard-normal inputs: reproducible across machines (numpy's PCG64)."""
+def random_inputs(specs: list[InputSpec], seed: int, batch: int | None = None, sizes: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Seeded inputs, reproducible across machines (numpy's PCG64): standard normal floats, integers in [0, high).
+    `batch` sets axis 0 of every input; `sizes` sets named axes by label ({"instances": 0})."""
     rng = np.random.default_rng(seed)
     out = []
     for s in specs:
-        shape = s.shape if batch is None else (batch, *s.shape[1:])
-        out.append(rng.standard_normal(shape, dtype=np.float32))
+        shape = s.sized(sizes or {}) if batch is None else (batch, *s.shape[1:])
+        if s.dtype.startswith("float"):
+            out.append(rng.standard_normal(shape, dtype=np.float32))
+        else:
+            out.append(rng.integers(0, s.high or 1, shape).astype(s.dtype))
     return out
 
 

@@ -30,6 +30,8 @@ class Loaded:
     source: str  # how it was loaded, for the report
     default_input_shape: tuple[int, ...] | None = None
     notes: list[str] = field(default_factory=list)
+    input_specs: list | None = None  # inputs.InputSpec of a model with several inputs (a zoo dynamic head), with named axes
+    output_axes: dict[int, str] | None = None
 
 
 def user_code_paths(imports: list[str] | None) -> None:
@@ -74,7 +76,8 @@ def build_from_spec(spec: str) -> Loaded:
 
         name = spec[4:]
         entry = zoo.get(name)
-        return Loaded(entry.build(), f"zoo:{name}", entry.input_shape)
+        specs = zoo.input_specs(entry)
+        return Loaded(entry.build(), f"zoo:{name}", entry.input_shape, input_specs=specs, output_axes=entry.output_axes)
     obj = resolve_callable(spec)
     if isinstance(obj, nn.Module):
         return Loaded(obj, spec)

@@ -41,16 +41,17 @@ def float64_twin(model: nn.Module) -> nn.Module:
     return set_eval(twin)
 
 
-def measure_noise_floor(model: nn.Module, arrays: list[np.ndarray]) -> NoiseFloor:
+def measure_noise_floor(model: nn.Module, arrays: list[np.ndarray], first_sample: bool = True) -> NoiseFloor:
     """The noise floor of each output, from the first sample of `arrays` (the relative error does not depend
-    on the batch; one sample keeps the float64 forward, slow on CPUs, cheap). A model that cannot run in float64 (a tensor made float32 in its forward meeting a
+    on the batch; one sample keeps the float64 forward, slow on CPUs, cheap), or from all of them where axis 0
+    is not a batch (`first_sample=False`: a dynamic head's instances). Integer inputs stay integers. A model that cannot run in float64 (a tensor made float32 in its forward meeting a
     float64 weight) gets no floor, and the fixed tolerance alone applies."""
-    sample = [a[:1] for a in arrays]
+    sample = [a[:1] for a in arrays] if first_sample else arrays
     args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample]
     try:
         with torch.no_grad():
             refs = [t.detach().double().numpy() for t in flatten_outputs(model(*args))]
-            exact = flatten_outputs(float64_twin(model)(*(a.double() for a in args)))
+            exact = flatten_outputs(float64_twin(model)(*(a.double() if a.is_floating_point() else a for a in args)))
     except Exception as e:  # noqa: BLE001 - the model's own limitation; the fixed tolerance still applies
         return NoiseFloor([], f"not measured: the model does not run in float64 ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
     if len(exact) != len(refs):

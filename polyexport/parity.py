@@ -68,8 +68,9 @@ class ParityResult:
 
     @property
     def cosine(self) -> float:
-        values = [o.cosine for o in self.outputs]
-        return float("nan") if not values or any(np.isnan(values)) else min(values)
+        """The lowest cosine over the outputs where it is defined (NaN: none is, e.g. only empty or all-zero outputs)."""
+        values = [o.cosine for o in self.outputs if not np.isnan(o.cosine)]
+        return min(values) if values else float("nan")
 
     @property
     def noise_floor(self) -> float:

@@ -100,6 +100,7 @@ class Job:
     parity_sets: list[tuple[str, list[np.ndarray]]]
     batch_range: tuple[int, int, int] | None
     stand_in: str | None = None  # the runtime standing in for the target's own where that is not installed (TensorRT)
+    output_axes: dict[int, str] = field(default_factory=dict)  # every output's named dynamic axes, with named input axes
 
     @property
     def names(self) -> list[str]:
@@ -123,9 +124,20 @@ class Job:
         return RunnerOptions(o.threads, o.device, fp16=o.fp16, batch_range=self.batch_range, workspace_mb=o.workspace_mb)
 
     @property
+    def named_axes(self) -> bool:
+        return any(s.axes for s in self.specs)
+
+    def dynamic_axes(self, n_outputs: int) -> dict[str, dict[int, str]] | None:
+        """export_onnx's named axes: each input's, and `output_axes` on every output."""
+        if not self.named_axes:
+            return None
+        axes = {s.name: dict(s.axes) for s in self.specs if s.axes}
+        return axes | {name: dict(self.output_axes) for name in output_names(n_outputs) if self.output_axes}
+
+    @property
     def export_kw(self) -> dict:
         o = self.opts
-        return dict(opset=o.opset, dynamic_batch=o.dynamic_batch, exporter=o.exporter, simplifier=o.simplifier)
+        return dict(opset=o.opset, dynamic_batch=o.dynamic_batch and not self.named_axes, exporter=o.exporter, simplifier=o.simplifier)
 
 
 @dataclass
@@ -142,6 +154,7 @@ class Reference:
     outputs: dict[str, list[np.ndarray]]
     warnings: list[str]
     floor: NoiseFloor | None = None
+    first_sample: bool = True  # measure the floor on the example's first sample (axis 0 a batch), else on all of it
 
     @property
     def n_outputs(self) -> int:
@@ -155,7 +168,7 @@ class Reference:
         verdict = judge(result, self.outputs, self.tolerance(atol, rtol))
         near = verdict.error is None and not verdict.problems and verdict.precision == "fp32" and verdict.max_rel_err > verdict.rtol / 2
         if self.floor is None and near:
-            self.floor = measure_noise_floor(self.model, self.example)
+            self.floor = measure_noise_floor(self.model, self.example, first_sample=self.first_sample)
             verdict = judge(result, self.outputs, self.tolerance(atol, rtol))
         return verdict
 
@@ -201,16 +214,19 @@ class Phases:
 
 def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str = "onnxruntime",
            out: str = "polyexport-out", input_shapes: Sequence[tuple[int, ...]] | None = None, name: str | None = None,
-           progress: Progress | None = None, notes: Sequence[str] = (), **options) -> Report:
+           progress: Progress | None = None, notes: Sequence[str] = (), input_specs: Sequence[InputSpec] | None = None,
+           output_axes: dict[int, str] | None = None, **options) -> Report:
     """Export `model` for `target`, prove parity and time it; write artifacts and the report to `out`.
 
     Returns the Report (also written as out/report.json and out/report.md). A parity failure does
-    not raise: `report.passed` is False and the report says which runtime failed.
+    not raise: `report.passed` is False and the report says which runtime failed. `input_specs` describe
+    inputs fully where shapes do not (integer indices, named dynamic axes such as a dynamic head's
+    instance count; `output_axes` then names every output's); otherwise `example_inputs` or `input_shapes`.
     """
     opts = ExportOptions(target=target, out=out, **options)
     stages = Stages()
     phase = Phases(progress, stages.timings)
-    job = plan(model, example_inputs, input_shapes, opts)
+    job = plan(model, example_inputs, input_shapes, opts, input_specs, output_axes)
     with phase("reference", "reference outputs (PyTorch)"):
         reference = take_reference(model, job)
     with OutputTransaction(opts.out, opts.force) as tx:
@@ -235,22 +251,25 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
 
 # --- plan: everything that can be wrong with the request, found before any work ----------------
 
-def plan(model: nn.Module, example_inputs, input_shapes, opts: ExportOptions) -> Job:
+def plan(model: nn.Module, example_inputs, input_shapes, opts: ExportOptions, input_specs: Sequence[InputSpec] | None = None,
+         output_axes: dict[int, str] | None = None) -> Job:
     """Runtimes (exit 3 if missing), the output folder, the input specs and the parity input sets."""
     runtimes = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
     stand_in = "onnxruntime" if opts.target == "tensorrt" and "tensorrt" not in runtimes else None
     check_out(opts.out, opts.force)  # before any work: a bad --out costs nothing
     if opts.target == "tensorrt":
         check_trt_versions(opts.trt_versions, opts.opset)
-    if example_inputs is not None:
-        shapes = [tuple(t.shape) for t in example_inputs]
+    if input_specs:
+        specs = list(input_specs)
+    elif example_inputs is not None:
+        specs = make_specs([tuple(t.shape) for t in example_inputs])
     elif input_shapes:
-        shapes = [tuple(s) for s in input_shapes]
+        specs = make_specs([tuple(s) for s in input_shapes])
     else:
         raise BadInput("no input shape: pass --input-shape (e.g. 1x3x224x224) or example inputs")
-    specs = make_specs(shapes)
     set_eval(model)  # not `model = model.eval()`: many codebases' train() returns None
     parity_sets = [(f"seed{s}", random_inputs(specs, s)) for s in range(opts.parity_seeds)]
+    parity_sets += named_axis_sets(specs)
     brange = batch_range(opts, specs[0].shape[0])
     if brange:  # prove the batch is not baked in: the same graph over the range (min, opt, max), and an odd batch in it
         lo, _, hi = brange
@@ -259,7 +278,23 @@ def plan(model: nn.Module, example_inputs, input_shapes, opts: ExportOptions) ->
             raise BadInput(f"the example batch {batch} is outside the batch range {lo}..{hi}")
         for b in sorted((set(brange) | ({3} if lo < 3 < hi else set())) - {batch}):
             parity_sets.append((f"batch{b}", random_inputs(specs, 100 + b, batch=b)))
-    return Job(opts, runtimes, specs, parity_sets, brange, stand_in)
+    return Job(opts, runtimes, specs, parity_sets, brange, stand_in, dict(output_axes or {}))
+
+
+#: sizes a named dynamic axis is proven at, beside its example size; an axis not named here: 1 and an odd size
+AXIS_SIZES = {"instances": (0, 1, 7, 100)}
+
+
+def named_axis_sets(specs: Sequence[InputSpec]) -> list[tuple[str, list[np.ndarray]]]:
+    """Parity input sets over each named dynamic axis (one label at a time, the others at the example's size):
+    the same graph must hold at every count, a dynamic head's 0 instances included."""
+    examples = {label: spec.shape[axis] for spec in specs for axis, label in spec.axes.items()}
+    sets = []
+    for label, size in examples.items():
+        for n in AXIS_SIZES.get(label, (1, size // 2 * 2 + 1 if size > 2 else 3)):
+            if n != size:
+                sets.append((f"{label}{n}", random_inputs(specs, 200 + n, sizes={label: n})))
+    return sets
 
 
 def check_trt_versions(versions: Sequence[str], opset: int) -> None:
@@ -311,7 +346,7 @@ def check_runtimes(target: str, extra: Sequence[str] = (), threads: int | None =
 
 def take_reference(model: nn.Module, job: Job) -> Reference:
     outputs = {label: run_reference(model, arrays) for label, arrays in job.parity_sets}
-    return Reference(model, job.example, outputs, reference_warnings(outputs))
+    return Reference(model, job.example, outputs, reference_warnings(outputs), first_sample=not job.named_axes)
 
 
 def run_reference(model: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -372,7 +407,7 @@ def export_stage(deployed: nn.Module, job: Job, reference: Reference, stages: St
     graph, raw = os.path.join(artifacts, "model.onnx"), os.path.join(scratch, "exported.onnx")
     with phase("export", f"export to ONNX (opset {job.opts.opset})"):
         info = export_onnx(deployed, to_torch(job.example), graph, input_names=job.names, n_outputs=reference.n_outputs, raw_path=raw,
-                           **job.export_kw)
+                           dynamic_axes=job.dynamic_axes(reference.n_outputs), **job.export_kw)
     stages.artifacts["onnx"] = "model.onnx"
     if available("onnxruntime"):
         with phase("parity", "ONNX graph parity (ONNX Runtime, optimisations off)"):
@@ -516,7 +551,8 @@ def build_report(model: nn.Module, name: str | None, notes: Sequence[str], job: 
                     latency_ms={k: s.as_dict() for k, s in stages.latency.items()}, runtimes=runtimes,
                     export={k: v for k, v in info.as_dict().items() if k != "path"}, precision=stages.precision,
                     first_failing_stage=failed[0] if failed else None, explain=stages.explain, timings=dict(stages.timings),
-                    peak_rss_mb=peak_rss_mb(), tensorrt_check=stages.tensorrt_check, stand_in=stand_in_entry(job))
+                    peak_rss_mb=peak_rss_mb(), tensorrt_check=stages.tensorrt_check, stand_in=stand_in_entry(job),
+                    parity_sets=[{"label": label, "shapes": [list(a.shape) for a in arrays]} for label, arrays in job.parity_sets])
     report.artifacts = {**stages.artifacts, "report_json": "report.json", "report_md": "report.md",
                         **({"bundle": "bundle"} if job.opts.writes_bundle else {})}
     return report

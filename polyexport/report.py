@@ -28,6 +28,7 @@ class Report:
     tensorrt_check: dict[str, list[dict]] = field(default_factory=dict)  # TensorRT version -> parser rule findings
     stand_in: dict | None = None  # the runtime that stood in for the target's own (TensorRT not installed here)
     device_commands: dict[str, dict] = field(default_factory=dict)  # TensorRT version -> the verify and trtexec lines
+    parity_sets: list[dict] = field(default_factory=list)  # the input sets every stage was checked on: label, input shapes
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of the run
     peak_rss_mb: float | None = None  # the process's peak resident memory when the report was made
     out: str = ""  # where the artifacts were written (not in report.json: that is written before they move there)
@@ -60,7 +61,7 @@ class Report:
             "inputs": self.inputs, "export": self.export, "notes": self.notes,
             "form_choices": self.form_choices, "first_failing_stage": self.first_failing_stage, "explain": self.explain,
             "precision": self.precision, "warnings": self.warnings, "noise_floor": self.noise_floor,
-            "timings": self.timings, "peak_rss_mb": self.peak_rss_mb, "tensorrt_check": self.tensorrt_check,
+            "parity_sets": self.parity_sets, "timings": self.timings, "peak_rss_mb": self.peak_rss_mb, "tensorrt_check": self.tensorrt_check,
             "stand_in": self.stand_in, "device_commands": self.device_commands,
         }
 

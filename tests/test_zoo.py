@@ -75,20 +75,19 @@ def _macs_per_module(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {n.removeprefix(root).removeprefix("."): sum(v.values()) // 2 for n, v in counter.get_flop_counts().items() if n != "Global"}
 
 
-#: several inputs with their own dynamic axes: not yet through the pipeline's one-input path (tests/test_layer_condinst.py
-#: and test_layer_dyco3d.py deploy these entries and check them on the runtimes at several instance counts)
-MULTI_INPUT = pytest.mark.skip(reason="multi-input entry with a dynamic instance axis: the pipeline takes one batch axis for all inputs")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MULTI_INPUT) if zoo.get(n).inputs else n for n in MODELS])
+@pytest.mark.parametrize("name", MODELS)
 def test_deploys_with_dynamic_batch_parity(name, tmp_path):
-    """Every known layer is swapped for a deploy form, and one dynamic-batch graph holds parity on each runtime."""
+    """Every known layer is swapped for a deploy form, and one dynamic-batch graph holds parity on each runtime;
+    a multi-input entry (a dynamic head) over its named axes instead (0, 1, 7 and 100 instances)."""
     entry = zoo.get(name)
     model = zoo.instantiate(name, seed=1)
     shape = entry.test_shape or entry.input_shape
-    report = polyexport.export(model, [torch.randn(*shape)], target="openvino", out=str(tmp_path / "o"), bench=False,
-                               dynamic_batch=True, extra_runtimes=["onnxruntime"], parity_seeds=1,
-                               form_choice="preferred")  # timing every form is tests/test_autoform.py's job
+    inputs = (dict(input_specs=zoo.input_specs(entry, test=True), output_axes=entry.output_axes) if entry.inputs
+              else dict(example_inputs=[torch.randn(*shape)], dynamic_batch=True))
+    report = polyexport.export(model, target="openvino", out=str(tmp_path / "o"), bench=False, extra_runtimes=["onnxruntime"],
+                               parity_seeds=1, form_choice="preferred", **inputs)  # timing every form is tests/test_autoform.py's job
+    if entry.inputs:
+        assert {"instances0", "instances1", "instances7", "instances100"} <= {p["label"] for p in report.parity_sets}
     assert report.passed, {k: (p["max_rel_err"], p.get("error")) for k, p in report.parity.items()}
     known = {t.__name__ for t in registered_layers()}
     kept = [l for l in report.layers if l["form"] == "reference" and l["type"] in known]

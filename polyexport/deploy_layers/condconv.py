@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..convert import Form, register_layer
+from ..convert import register_layer
 from ..layers.condconv import CondConv2d
-from ._kernel_bank import FORMS, KernelBank, preference
+from ._kernel_bank import KernelBank, bank_forms, build_form, preference
 
 
 def kernel_bank(ref: CondConv2d) -> KernelBank:
@@ -22,23 +22,8 @@ def kernel_bank(ref: CondConv2d) -> KernelBank:
 
 
 def to_deploy(ref: CondConv2d, form: str = "bank_batched") -> nn.Module:
-    """m(x, routing_weights) == ref(x, routing_weights); form: "bank_grouped", "bank_batched", "output_aggregation"."""
-    return FORMS[form](kernel_bank(ref)).eval()
+    """m(x, routing_weights) == ref(x, routing_weights); form: a name of _kernel_bank's forms (bank_forms)."""
+    return build_form(kernel_bank(ref), form).eval()
 
 
-register_layer(
-    CondConv2d,
-    forms=[
-        Form("bank_grouped", lambda r: to_deploy(r, "bank_grouped"), dynamic_batch=False, constant_weights=False,
-             note="per-sample kernels, batch folded into groups; conv FLOPs"),
-        Form("bank_batched", lambda r: to_deploy(r, "bank_batched"), dynamic_batch=True, constant_weights=True,
-             note="im2col by a constant conv + batched MatMul; conv FLOPs"),
-        Form("sample_conv", lambda r: to_deploy(r, "sample_conv"), dynamic_batch=True, constant_weights=False,
-             note="per-sample kernels; If batch 1: one Conv with them, else a Loop of that Conv over the samples"),
-        Form("sample_loop", lambda r: to_deploy(r, "sample_loop"), dynamic_batch=True, constant_weights=False,
-             note="per-sample kernels; a Loop of one Conv over the samples"),
-        Form("output_aggregation", lambda r: to_deploy(r, "output_aggregation"), dynamic_batch=True,
-             constant_weights=True, note="one conv with K·out outputs mixed by MatMul; K× FLOPs"),
-    ],
-    prefer=lambda ref, target: preference(ref, target, static=False),
-)
+register_layer(CondConv2d, forms=bank_forms(to_deploy), prefer=lambda ref, target: preference(ref, target, static=False))

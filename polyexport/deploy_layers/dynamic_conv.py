@@ -1,6 +1,6 @@
 """Deploy forms of Dynamic_conv2d (DY-Conv): the kernel-bank forms of `_kernel_bank`, plus "static".
 
-The attention branch becomes `SoftmaxRouter` (ReduceMean → Gemm → Relu → Gemm → Div(T) → Softmax);
+The attention branch becomes `SoftmaxRouter` (GlobalAveragePool → Gemm → Relu → Gemm → [Div(T)] → Softmax);
 the temperature stays a plain attribute. "static" is a plain nn.Conv2d, exact only when the attention
 cannot depend on the input (K = 1, or fc1 or fc2 weights all zero).
 """
@@ -12,7 +12,7 @@ from torch import nn
 
 from ..convert import Form, register_layer
 from ..layers.dynamic_conv import Dynamic_conv2d
-from ._kernel_bank import FORMS, KernelBank, Routed, preference
+from ._kernel_bank import KernelBank, Routed, bank_forms, build_form, preference
 
 _pair = nn.modules.utils._pair
 
@@ -32,7 +32,10 @@ class SoftmaxRouter(nn.Module):
         self.temperature = attention.temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.fc2(F.relu(self.fc1(x.mean((2, 3))))) / self.temperature, 1)
+        # GlobalAveragePool, not ReduceMean: ONNX Runtime runs it in its blocked (NCHWc) layout, so reading the
+        # attention's input costs no layout reorder of the feature map
+        z = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1))))
+        return F.softmax(z if self.temperature == 1 else z / self.temperature, 1)
 
 
 def kernel_bank(ref: Dynamic_conv2d) -> KernelBank:
@@ -75,7 +78,7 @@ def _static(ref: Dynamic_conv2d) -> nn.Conv2d:
 
 
 def to_deploy(ref: Dynamic_conv2d, form: str = "bank_batched") -> nn.Module:
-    """A deploy module equal to ref(x) (eval mode): one of "static", "bank_grouped", "bank_batched", "output_aggregation"."""
+    """A deploy module equal to ref(x) (eval mode): "static", or a name of _kernel_bank's forms (bank_forms)."""
     if form == "static":
         why = _static_exact(ref)
         if why:
@@ -84,24 +87,13 @@ def to_deploy(ref: Dynamic_conv2d, form: str = "bank_batched") -> nn.Module:
     why = _geometry_ok(ref)
     if why:
         raise ValueError(why)
-    return Routed(SoftmaxRouter(ref.attention), FORMS[form](kernel_bank(ref))).eval()
+    return Routed(SoftmaxRouter(ref.attention), build_form(kernel_bank(ref), form)).eval()
 
 
 register_layer(
     Dynamic_conv2d,
-    forms=[
-        Form("static", lambda r: to_deploy(r, "static"), dynamic_batch=True, constant_weights=True,
-             exact_for=_static_exact, note="plain conv; only where the attention is input-independent"),
-        Form("bank_grouped", lambda r: to_deploy(r, "bank_grouped"), dynamic_batch=False, constant_weights=False,
-             exact_for=_geometry_ok, note="per-sample kernels, batch folded into groups; conv FLOPs"),
-        Form("bank_batched", lambda r: to_deploy(r, "bank_batched"), dynamic_batch=True, constant_weights=True,
-             exact_for=_geometry_ok, note="im2col by a constant conv + batched MatMul; conv FLOPs"),
-        Form("sample_conv", lambda r: to_deploy(r, "sample_conv"), dynamic_batch=True, constant_weights=False, exact_for=_geometry_ok,
-             note="per-sample kernels; If batch 1: one Conv with them, else a Loop of that Conv over the samples"),
-        Form("sample_loop", lambda r: to_deploy(r, "sample_loop"), dynamic_batch=True, constant_weights=False, exact_for=_geometry_ok,
-             note="per-sample kernels; a Loop of one Conv over the samples"),
-        Form("output_aggregation", lambda r: to_deploy(r, "output_aggregation"), dynamic_batch=True,
-             constant_weights=True, exact_for=_geometry_ok, note="one conv with K·out outputs mixed by MatMul; K× FLOPs"),
-    ],
+    forms=[Form("static", lambda r: to_deploy(r, "static"), dynamic_batch=True, constant_weights=True,
+                exact_for=_static_exact, note="plain conv; only where the attention is input-independent"),
+           *bank_forms(to_deploy, _geometry_ok)],
     prefer=lambda ref, target: preference(ref, target, static=True),
 )

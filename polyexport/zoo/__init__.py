@@ -97,6 +97,15 @@ def dynamic_axes(entry: ZooEntry) -> dict[str, dict[int, str]]:
     return axes
 
 
+def input_specs(entry: ZooEntry, test: bool = False) -> list | None:
+    """The pipeline's InputSpecs of a multi-input entry (None for a one-input model); `test`: the test shapes."""
+    from ..inputs import InputSpec
+
+    if not entry.inputs:
+        return None
+    return [InputSpec(i.name, tuple(i.test_shape if test and i.test_shape else i.shape), i.dtype, i.high, dict(i.axes)) for i in entry.inputs]
+
+
 def example_inputs(entry: ZooEntry, seed: int = 0, sizes: dict[str, int] | None = None, test: bool = False) -> list[np.ndarray]:
     """Seeded inputs of a multi-input entry: standard normal floats, indices in [0, high).
 
