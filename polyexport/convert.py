@@ -386,6 +386,39 @@ def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] |
     return deployed, records
 
 
+def forms_of(ref_type: type) -> dict[str, Form]:
+    """A registered reference layer's exact forms, by name, in registration order."""
+    _load_plugins()
+    if ref_type not in _LAYERS:
+        raise KeyError(f"{ref_type.__name__} is not a registered layer")
+    return dict(_LAYERS[ref_type].forms)
+
+
+def to_deploy(layer: nn.Module, form: str | None = None, target: str | None = None) -> nn.Module:
+    """The deploy module of one trained layer (a registered reference layer, or one an adapter recognises), in
+    eval mode: the form named, or the first of the preferred order for `target` that is exact for this
+    configuration. The one way to build a form outside a model (tests, benchmarks, users' own scripts)."""
+    _load_plugins()
+    ref = layer
+    if type(ref) not in _LAYERS:
+        adapted = _adapt(layer)
+        if adapted is None or type(adapted[0]) not in _LAYERS:
+            raise BadInput(f"{type(layer).__name__} is not a layer polyexport converts (see `polyexport layers`)")
+        ref = adapted[0]
+    entry = _LAYERS[type(ref)]
+    if form is not None and form not in entry.forms:
+        raise BadInput(f"{type(ref).__name__} has no form '{form}'; it has: {', '.join(entry.forms)}")
+    candidates = [entry.forms[form]] if form else entry.candidates(target, ref)
+    for f in candidates:
+        why = f.exact_for(ref)
+        if why is None:
+            with torch.no_grad():
+                return set_eval(f.build(set_eval(ref)))
+        if form:
+            raise BadInput(f"{type(ref).__name__} form '{form}' is not exact for this layer: {why}")
+    raise BadInput(f"no form of {type(ref).__name__} is exact for this layer")
+
+
 def deploy(model: nn.Module, target: str | None = None, **kwargs) -> nn.Module:
     """Public API: a converted copy of `model`, every known layer in its deploy form; original untouched."""
     return convert(model, target, **kwargs)[0]
