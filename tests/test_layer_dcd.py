@@ -12,7 +12,7 @@ from torch import nn
 
 import polyexport
 from polyexport.convert import convert
-from polyexport.deploy_layers.dcd import adaptive_pool_matrix, to_deploy
+from polyexport.deploy_layers.dcd import adaptive_pool_matrix, aggregated_exact_for, to_deploy
 from polyexport.layers import dcd
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import dcd as official
@@ -72,6 +72,43 @@ def test_decomposed_equals_reference(make, hw, batch):
     assert_equivalent(ref, deployed, x)
     bn = randomize_(nn.BatchNorm2d(ref.conv.out_channels), seed=7)
     assert_equivalent(nn.Sequential(ref, bn).eval(), deployed.fuse_bn(bn), x)
+
+
+@pytest.mark.parametrize("make", [c for i, c in enumerate(CONFIGS) if i in (2, 6, 7, 8)] + [lambda: dcd.conv_dy(16, 32, 1, 2, 0)],
+                         ids=["conv_dy-1x1", "DYModule-expand", "DYModule-project", "DYModule-squeeze4", "conv_dy-1x1-s2"])
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7)])
+def test_aggregated_equals_reference(make, hw):
+    """W(x) = Λ⊙W0 + PΦ'Q' built per sample: equal to the reference, with a BN after it folded."""
+    ref = lively(make(), seed=hw[0])
+    x = torch.randn(4, in_channels(ref), *hw) + torch.randn(4, in_channels(ref), 1, 1)
+    scale_spread, phi_spread = dynamic_spread(ref, x)
+    assert scale_spread > 0.1 and phi_spread > 0.1
+    deployed = to_deploy(ref, "aggregated")
+    assert_equivalent(ref, deployed, x)
+    bn = randomize_(nn.BatchNorm2d(ref.conv.out_channels), seed=7)
+    assert_equivalent(nn.Sequential(ref, bn).eval(), deployed.fuse_bn(bn), x)
+
+
+def test_aggregated_declines_kxk():
+    assert "1×1" in aggregated_exact_for(dcd.conv_basic_dy(8, 8, 1))
+    assert aggregated_exact_for(dcd.DYModule(16, 96)) is None
+    with pytest.raises(ValueError, match="1×1"):
+        to_deploy(dcd.conv_dy(16, 16, 3, 1, 1), "aggregated")
+
+
+def test_aggregated_on_runtimes_without_conv():
+    """One graph, batches 1, 2, 8: no Conv at all (every weight a constant or a MatMul operand: TensorRT-safe)."""
+    model = nn.Sequential(lively(dcd.DYModule(16, 96), 3), randomize_(nn.BatchNorm2d(96), 1), nn.ReLU6(),
+                          lively(dcd.DYModule(96, 24), 4), randomize_(nn.BatchNorm2d(24), 2)).eval()
+    deployed, records = convert(model, dynamic_batch=True, forms={"DYModule": "aggregated"})
+    assert [r.form for r in records if r.type == "DYModule"] == ["aggregated", "aggregated"]
+
+    def onnx_check(path):
+        ops = Counter(n.op_type for n in onnx.load(path).graph.node)
+        assert ops["Conv"] == 0 and ops["BatchNormalization"] == 0 and ops["HardSigmoid"] == 4, ops
+
+    shape = (1, 16, 9, 8)
+    check_on_runtimes(model, deployed, [shape], batches=(1, 2, 8), onnx_check=onnx_check)
 
 
 def test_ignoring_the_dynamic_part_would_fail():

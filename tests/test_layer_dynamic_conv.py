@@ -3,6 +3,8 @@ batch sizes from one graph; the converter's choices (dynamic batch, TensorRT, fa
 from __future__ import annotations
 
 import collections
+import os
+import tempfile
 
 import onnx
 import pytest
@@ -14,10 +16,12 @@ from polyexport.convert import convert, registered_layers
 from polyexport.deploy_layers.dynamic_conv import to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
-from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
+from polyexport.export import export_onnx
+from polyexport.testing import assert_equivalent, check_on_runtimes, max_rel_err, randomize_
 from tests.foreign import dynamic_conv as upstream
 
-BANK_FORMS = ("bank_grouped", "bank_batched", "output_aggregation")
+BANK_FORMS = ("bank_grouped", "bank_batched", "bank_batched_blocked", "expert_convs", "sample_conv", "sample_conv_blocked",
+              "output_aggregation")
 
 # (in, out, kernel, stride, padding, dilation, groups, bias, H, W, batch)
 CONFIGS = [
@@ -113,22 +117,102 @@ def _conv_weights_constant(path: str) -> None:
 RUNTIME_CFGS = [CONFIGS[0], CONFIGS[2], CONFIGS[4]]
 
 
-@pytest.mark.parametrize("form", ["bank_batched", "output_aggregation"])
+class SideBySide(nn.Module):
+    """Several modules on the same input, their outputs as a tuple: one export and one compile per runtime
+    proves them all (the suite stays fast)."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        self.branches = nn.ModuleList(modules)
+
+    def forward(self, x):
+        return tuple(m(x) for m in self.branches)
+
+
+#: proven side by side in one graph per configuration (sample_conv_blocked in its own: see the CondConv test)
+DYNAMIC_FORMS = ["bank_batched", "bank_batched_blocked", "expert_convs", "sample_conv", "output_aggregation"]
+
+
+def _structure(cfg) -> callable:
+    """What the dynamic-batch forms' graph holds (DYNAMIC_FORMS side by side): no batch in any attribute (one
+    graph for every batch), constant Conv weights outside sample_conv's Ifs, each If a plain Conv at batch 1
+    and a Loop of it otherwise, and each blocked form ending in its unit depthwise conv."""
+
+    def check(path):
+        model = onnx.load(path)
+        ops = _ops(path)
+        assert ops["Softmax"] >= 1  # the identical attention branches may be merged by the simplifier
+        _conv_weights_constant(path)
+        ifs = [n for n in model.graph.node if n.op_type == "If"]
+        assert len(ifs) == 1, ops  # sample_conv
+        for node in ifs:
+            branches = {a.name: collections.Counter(n.op_type for n in a.g.node) for a in node.attribute}
+            assert branches["then_branch"]["Conv"] == 1 and branches["else_branch"]["Loop"] == 1
+        # outside the If: the bank_batched forms' patches (one, shared), expert_convs' 4, output_aggregation's 1,
+        # bank_batched_blocked's tail
+        assert ops["Conv"] == (0 if cfg[2] == 1 else 1) + 4 + 1 + 1, ops
+        tails = [n for n in model.graph.node if n.op_type == "Conv" and n.output[0] in {o.name for o in model.graph.output}]
+        assert len(tails) == 1 and dict((a.name, a.i) for a in tails[0].attribute)["group"] == cfg[1]
+
+    return check
+
+
 @pytest.mark.parametrize("cfg", RUNTIME_CFGS, ids=lambda c: f"c{c[0]}-{c[1]}k{c[2]}s{c[3]}g{c[6]}")
-def test_dynamic_batch_forms_on_runtimes(cfg, form):
+def test_dynamic_batch_forms_on_runtimes(cfg):
     ref = peaked(cfg)
     assert_attention_varies(ref, torch.randn(8, cfg[0], cfg[8], cfg[9]))
-
-    def onnx_check(path):
-        ops = _ops(path)
-        _conv_weights_constant(path)
-        assert ops["Softmax"] == 1
-        assert ops["Conv"] == (0 if form == "bank_batched" and cfg[2] == 1 else 1)
-        assert ops["MatMul"] >= 2  # kernel (or output) mixing and the batched product
-
-    checks = check_on_runtimes(ref, to_deploy(ref, form), [(2, cfg[0], cfg[8], cfg[9])], batches=(1, 2, 8),
-                               onnx_check=onnx_check)
+    norm = bn(cfg[1])
+    with_bn = nn.Sequential(ref, norm).eval()
+    refs = SideBySide(*[with_bn] * len(DYNAMIC_FORMS)).eval()
+    forms = SideBySide(*[to_deploy(ref, f).fuse_bn(norm) for f in DYNAMIC_FORMS]).eval()
+    checks = check_on_runtimes(refs, forms, [(2, cfg[0], cfg[8], cfg[9])], batches=(1, 2, 8), onnx_check=_structure(cfg))
     assert {c.batch for c in checks} == {1, 2, 8}
+    check_on_runtimes(with_bn, to_deploy(ref, "sample_conv_blocked").fuse_bn(norm), [(2, cfg[0], cfg[8], cfg[9])], batches=(1, 3))
+
+
+def resnet_block(form: str) -> tuple[nn.Module, nn.Module]:
+    """A ResNet basic block of DY-Convs with a strided 1×1 shortcut (reference, deployed): in OpenVINO 2026.4 two
+    sample_conv layers in a row with a Relu between them returned garbage while their kernel MatMuls sat outside
+    the If (each layer alone was right), so this case stays."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = peaked((16, 24, 3, 2, 1, 1, 1, False, 0, 0, 0)), bn(24, 1)
+            self.conv2, self.bn2 = peaked((24, 24, 3, 1, 1, 1, 1, False, 0, 0, 0), seed=1), bn(24, 2)
+            self.down, self.bn3 = peaked((16, 24, 1, 2, 0, 1, 1, False, 0, 0, 0), seed=2), bn(24, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.bn3(self.down(x)))
+
+    model = Block().eval()
+    return model, convert(model, dynamic_batch=True, forms={"Dynamic_conv2d": form})[0]
+
+
+def test_sample_conv_resnet_block_on_runtimes():
+    model, plain = resnet_block("sample_conv")
+    _, blocked = resnet_block("sample_conv_blocked")
+    check_on_runtimes(SideBySide(model, model).eval(), SideBySide(plain, blocked).eval(), [(1, 16, 12, 12)], batches=(1, 3))
+
+
+def test_sample_conv_graph_reshaped_to_a_static_batch():
+    """One dynamic-batch graph compiled for a fixed batch (OpenVINO reshaped to 1 and to 8, what a runner may do
+    per batch): both If branches must pass shape inference whatever the batch, and the results stay exact."""
+    ov = pytest.importorskip("openvino")
+    model, deployed = resnet_block("sample_conv")
+    x8 = torch.randn(8, 16, 12, 12)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "block.onnx")
+        export_onnx(deployed, (x8[:1],), path, input_names=["input"], n_outputs=1, dynamic_batch=True)
+        core = ov.Core()
+        for b in (1, 8):
+            graph = core.read_model(path)
+            graph.reshape({"input": [b, 16, 12, 12]})
+            compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            got = torch.from_numpy(compiled({"input": x8[:b].numpy()})[0])
+            with torch.no_grad():
+                assert max_rel_err(model(x8[:b]), got) <= 1e-5
 
 
 def check_static_batch(ref: nn.Module, deployed: nn.Module, shape: tuple[int, ...], onnx_check=None) -> None:
@@ -162,11 +246,14 @@ def test_convert_swaps_and_folds_bn():
 def test_dynamic_batch_and_tensorrt_choices():
     model = nn.Sequential(peaked(CONFIGS[0]), bn(16)).eval()
     x = torch.randn(4, 8, 9, 9)
-    for kwargs, want in [({"dynamic_batch": True}, "bank_batched"), ({"target": "tensorrt"}, "bank_batched")]:
+    # a dense 3×3: sample_conv (a plain Conv at batch 1, a Loop of it above) where run-time kernels are allowed,
+    # OpenVINO its blocked variant, TensorRT constant conv weights only
+    for kwargs, want in [({"dynamic_batch": True}, "sample_conv"), ({"dynamic_batch": True, "target": "openvino"}, "sample_conv_blocked"),
+                         ({"target": "tensorrt"}, "bank_batched")]:
         deployed, records = convert(model, **kwargs)
         assert records[0].form == want
         assert_equivalent(model, deployed, x)
-    with pytest.raises(BadInput, match=r"Dynamic_conv2d.*bank_batched, output_aggregation"):
+    with pytest.raises(BadInput, match=r"Dynamic_conv2d.*bank_batched, .*output_aggregation"):
         convert(model, dynamic_batch=True, forms={"Dynamic_conv2d": "bank_grouped"})
     deployed, records = convert(model, dynamic_batch=True, forms={"Dynamic_conv2d": "output_aggregation"})
     assert records[0].form == "output_aggregation"
@@ -200,7 +287,7 @@ def test_adapter_recognises_upstream_layer():
         theirs.attention.fc1.weight.mul_(30)
     model = nn.Sequential(theirs, bn(16), nn.ReLU()).eval()
     x = torch.randn(4, 8, 9, 9)
-    deployed, records = convert(model, dynamic_batch=True)
+    deployed, records = convert(model, dynamic_batch=True, target="tensorrt")
     assert records[0].form == "bank_batched" and "dynamic_conv.kaijieshi7" in records[0].note
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
     assert_equivalent(model, deployed, x)
