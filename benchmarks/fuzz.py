@@ -44,7 +44,7 @@ class LayerTally:
     declined: Counter = field(default_factory=Counter)  # reason -> (config, form) pairs
     torch_checks: int = 0
     runtime_checks: Counter = field(default_factory=Counter)  # runtime -> (config, form) pairs compared there
-    reference_fails: Counter = field(default_factory=Counter)  # runtime -> pairs whose reference itself fails there
+    unjudged: Counter = field(default_factory=Counter)  # reason -> (config, form, runtime) not comparable there
     folds: int = 0
     worst: float = 0.0
     mismatches: list[dict] = field(default_factory=list)
@@ -53,7 +53,7 @@ class LayerTally:
     def as_dict(self) -> dict:
         return {"layer": self.layer, "configs": self.configs, "accepted": self.accepted,
                 "declined": dict(self.declined), "torch_checks": self.torch_checks,
-                "runtime_checks": dict(self.runtime_checks), "reference_fails": dict(self.reference_fails),
+                "runtime_checks": dict(self.runtime_checks), "unjudged": dict(self.unjudged),
                 "folds": self.folds, "worst_error": self.worst, "mismatches": self.mismatches,
                 "seconds": round(self.seconds, 1)}
 
@@ -82,8 +82,8 @@ def fuzz_layer(layer_type: type, configs: int, seed_value: int, runtimes: list[s
             for rt, err in result.runtime_errors.items():
                 tally.runtime_checks[rt] += 1
                 tally.worst = max(tally.worst, err)
-            for rt in result.reference_fails:
-                tally.reference_fails[rt] += 1
+            for rt, why in result.unjudged.items():
+                tally.unjudged[f"{rt}: {why}"] += 1
             if result.torch_error is not None:
                 tally.worst = max(tally.worst, result.torch_error)
             problems = result.mismatches(RTOL)
@@ -95,28 +95,29 @@ def fuzz_layer(layer_type: type, configs: int, seed_value: int, runtimes: list[s
     return tally
 
 
-def _declined_text(declined: Counter) -> str:
-    if not declined:
+def _reasons_text(reasons: Counter) -> str:
+    """'12: 8× reason; 4× other reason' (the three commonest, shortened; all of them are in the JSON)."""
+    if not reasons:
         return "0"
-    parts = [f"{n}× {reason[:70]}{'…' if len(reason) > 70 else ''}" for reason, n in declined.most_common(3)]
-    rest = sum(declined.values()) - sum(n for _, n in declined.most_common(3))
-    return f"{sum(declined.values())}: " + "; ".join(parts) + (f"; {rest} other" if rest else "")
+    parts = [f"{n}× {reason[:70]}{'…' if len(reason) > 70 else ''}" for reason, n in reasons.most_common(3)]
+    rest = sum(reasons.values()) - sum(n for _, n in reasons.most_common(3))
+    return f"{sum(reasons.values())}: " + "; ".join(parts) + (f"; {rest} other" if rest else "")
 
 
 def table(tallies: list[LayerTally], runtimes: list[str]) -> str:
     header = (["layer", "configs drawn", "form checks accepted by exact_for", "declined (reasons)", "PyTorch checks"]
               + [f"{RUNTIME_NAMES.get(rt, rt)} checks" for rt in runtimes]
-              + ["reference fails on a runtime", "mismatches", "worst error / scale"])
+              + ["not judged on a runtime (why)", "mismatches", "worst error / scale"])
     rows = []
     for t in tallies:
-        rows.append([t.layer, str(t.configs), str(t.accepted), _declined_text(t.declined), str(t.torch_checks)]
+        rows.append([t.layer, str(t.configs), str(t.accepted), _reasons_text(t.declined), str(t.torch_checks)]
                     + [str(t.runtime_checks[rt]) for rt in runtimes]
-                    + [str(sum(t.reference_fails.values())), str(len(t.mismatches)), f"{t.worst:.2g}"])
+                    + [_reasons_text(t.unjudged), str(len(t.mismatches)), f"{t.worst:.2g}"])
     total = lambda f: sum(f(t) for t in tallies)  # noqa: E731
     rows.append(["**total**", str(total(lambda t: t.configs)), str(total(lambda t: t.accepted)),
                  str(total(lambda t: sum(t.declined.values()))), str(total(lambda t: t.torch_checks))]
                 + [str(total(lambda t, rt=rt: t.runtime_checks[rt])) for rt in runtimes]
-                + [str(total(lambda t: sum(t.reference_fails.values()))), str(total(lambda t: len(t.mismatches))),
+                + [str(total(lambda t: sum(t.unjudged.values()))), str(total(lambda t: len(t.mismatches))),
                    f"{max((t.worst for t in tallies), default=0.0):.2g}"])
     return md_table(header, rows)
 
