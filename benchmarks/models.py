@@ -7,11 +7,27 @@ failure is recorded with its reason — that is a result too), (b) the model as
 on RT); the baseline exported the same way. One dynamic-batch graph per variant, timed at each
 batch (default 1 and 8) in turns (interleaved repeats, medians), the same threads everywhere.
 
+Options for the input-dependent-kernel models (issue 15), each timed in the same interleaved turns:
+`--static` adds the same variants exported without `--dynamic-batch` (one static graph per batch:
+deploy-static, baseline-static); `--floor` adds the weight-read floor of the models with kernel banks
+(CondConv2d, Dynamic_conv2d): every expert read once per batch by the aggregation MatMuls alone, timed as
+its own graph, reported as (baseline + aggregation) / baseline, and the model with its plain convs and every
+attention branch and aggregation computed but unused (floor-attention: what any kernel-aggregating form
+adds at least); `--preferred` adds the deployment in the registry's order, untimed (what `--form
+preferred` ships: the per-layer timing sees a layer alone, not the layouts between layers);
+`--openvino-per-batch` adds the deploy graph on OpenVINO compiled for the batch it is given (reshaped to
+that static batch and cached per batch: what a runner could do with one dynamic-batch graph; polyexport's
+runner compiles it dynamic).
+
     python benchmarks/models.py --json benchmarks/results/models.json --plot benchmarks/results/models.png
+    python benchmarks/models.py --models cc_efficientnet_b0 dy_resnet18 --static --floor --openvino-per-batch \
+        --threads 1 --merge benchmarks/results/models.json --markdown benchmarks/results/models.md
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +42,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import flops, machine, md_table, n_outputs, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
+from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.export import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
@@ -45,18 +61,139 @@ def export_variant(model: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
         return {"path": None, "dynamic": False, "error": first_line(e)[:160], "seconds": time.perf_counter() - t0}
 
 
-def static_fallback(model, x, path) -> str | None:
+def static_fallback(model, x, path, errors: dict | None = None) -> str | None:
+    """Export at x's batch; None on failure (its one-line reason into `errors["error"]` when given)."""
     try:
         export_onnx(model, (x,), path, input_names=["input"], n_outputs=n_outputs(model, x), dynamic_batch=False)
         return path
-    except Exception:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
+        if errors is not None:
+            errors["error"] = first_line(e)[:160]
         return None
 
 
-def deploy_for(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> torch.nn.Module:
-    """What `polyexport MODEL --target RT --dynamic-batch` deploys: dynamic-batch forms, each chosen by timing on RT."""
-    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache, dynamic_batch=True)
-    return convert(model, target=rt, dynamic_batch=True, ranker=timer)[0]
+def deploy_for(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str,
+               dynamic_batch: bool = True) -> tuple[torch.nn.Module, list]:
+    """What `polyexport MODEL --target RT [--dynamic-batch]` deploys: the pipeline's own choice (autoform.choose_deployment:
+    each layer's exact forms timed on RT, then checked as whole graphs), and the layer records."""
+    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache,
+                      dynamic_batch=dynamic_batch)
+    deployment = choose_deployment(model, (x,), rt, {}, dynamic_batch, False, timer, lambda _label: contextlib.nullcontext())
+    return deployment.model, deployment.records
+
+
+def form_counts(records: list) -> dict[str, int]:
+    """"TYPE=FORM" -> how many layers got it (converted layers only)."""
+    return dict(collections.Counter(f"{r.type}={r.form}" for r in records if r.form not in ("folded", "absorbed")))
+
+
+class KernelBankFloor(torch.nn.Module):
+    """Every kernel bank of a model read once, as the deploy forms must: W_l = a @ bank_l for each dynamic layer l,
+    each reduced to a scalar so nothing is dead code (the reduction reads W_l back, as a conv reading its kernel does).
+    a is (B, K) from the input (a slice: no work). Times the unavoidable aggregation without any conv."""
+
+    def __init__(self, banks: list[torch.Tensor]):
+        super().__init__()
+        self.banks = torch.nn.ParameterList([torch.nn.Parameter(b, requires_grad=False) for b in banks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for bank in self.banks:
+            a = x.flatten(1)[:, : bank.shape[0]]
+            w = torch.matmul(a, bank).sum(1, keepdim=True)
+            total = w if total is None else total + w
+        return total
+
+
+def kernel_banks(model: torch.nn.Module) -> list[torch.Tensor]:
+    """(K, N) expert banks of the model's CondConv2d and Dynamic_conv2d layers (none for other layers)."""
+    from polyexport.layers.condconv import CondConv2d
+    from polyexport.layers.dynamic_conv import Dynamic_conv2d
+
+    banks = []
+    for m in model.modules():
+        if isinstance(m, CondConv2d):
+            banks.append(m.weight.detach().reshape(m.num_experts, -1).clone())
+        elif isinstance(m, Dynamic_conv2d):
+            banks.append(m.weight.detach().reshape(m.K, -1).clone())
+    return banks
+
+
+class _KernelsComputedUnused(torch.nn.Module):
+    """A dynamic conv's floor: its plain conv (expert 0, constant weights: fast everywhere) plus everything that
+    makes its kernel input-dependent, computed and not used (a zero-weighted sum keeps it live): the attention
+    branch (DY-Conv: its own; CondConv: the block's routing, passed in) and the aggregation a @ bank. Every form
+    that aggregates kernels does at least this much; BN folds into the conv."""
+
+    def __init__(self, conv: torch.nn.Conv2d, bank: torch.Tensor, router: torch.nn.Module | None):
+        super().__init__()
+        self.conv, self.router = conv, router
+        self.register_buffer("bank", bank)
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.router(x) if routing is None else routing
+        unused = torch.matmul(a, self.bank).sum(1).reshape(-1, 1, 1, 1)
+        return self.conv(x) + 0.0 * unused
+
+    def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_KernelsComputedUnused":
+        from polyexport.deploy_layers.conv_bn import fuse_conv_bn
+
+        return _KernelsComputedUnused(fuse_conv_bn(self.conv, bn), self.bank, self.router)
+
+
+def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model with each CondConv2d / Dynamic_conv2d as _KernelsComputedUnused, BN folded; None without any."""
+    import copy
+
+    from polyexport.convert import fold_batchnorm
+    from polyexport.deploy_layers.dynamic_conv import SoftmaxRouter
+    from polyexport.layers.condconv import CondConv2d
+    from polyexport.layers.dynamic_conv import Dynamic_conv2d
+
+    floor = copy.deepcopy(model).eval()
+    found = False
+    for name, m in list(floor.named_modules()):
+        if isinstance(m, (CondConv2d, Dynamic_conv2d)):
+            k = m.num_experts if isinstance(m, CondConv2d) else m.K
+            bank = m.weight.detach().reshape(k, -1)
+            shape = (m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, CondConv2d) else \
+                (m.out_planes, m.in_planes // m.groups, m.kernel_size, m.kernel_size)
+            conv = torch.nn.Conv2d(shape[1] * m.groups, shape[0], shape[2:], m.stride, m.padding, m.dilation, m.groups, bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(bank[0].reshape(shape))
+            router = SoftmaxRouter(m.attention) if isinstance(m, Dynamic_conv2d) else None
+            parent, _, child = name.rpartition(".")
+            setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router).eval())
+            found = True
+    if not found:
+        return None
+    fold_batchnorm(floor)
+    return floor
+
+
+class OpenVinoPerBatch:
+    """The deploy graph on OpenVINO compiled for each batch it is given (reshaped to that static batch, cached):
+    measures what a runner could do with one dynamic-batch graph (polyexport's OpenVINO runner compiles it
+    dynamic). Configured as that runner: LATENCY hint, f32, the same threads."""
+
+    def __init__(self, threads: int):
+        import openvino as ov
+
+        self.ov, self.core, self.threads, self.compiled = ov, ov.Core(), threads, {}
+
+    def load(self, path: str, workdir: str) -> None:  # noqa: ARG002 - the runner interface
+        self.model = self.core.read_model(path)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        key = tuple((k, v.shape) for k, v in feeds.items())
+        if key not in self.compiled:
+            model = self.model.clone()
+            model.reshape({k: list(v.shape) for k, v in feeds.items()})
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads}
+            self.compiled[key] = self.core.compile_model(model, "CPU", config).create_infer_request()
+        request = self.compiled[key]
+        result = request.infer(feeds)
+        return [np.asarray(result[o]) for o in request.model_outputs]
 
 
 def bench_pair(name: str, args, tmp: str) -> list[dict]:
@@ -67,19 +204,33 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
     baseline = zoo.instantiate(entry.baseline, seed=0)
     x1 = torch.randn(1, *shape[1:])
     rts = runtimes_here(args.runtimes)
-    cache = os.path.join(tmp, "forms.json")
+    cache = args.form_cache or os.path.join(tmp, "forms.json")
     t0 = time.perf_counter()
     graphs = {("as-is", rt): model for rt in rts}
-    graphs.update({("deploy", rt): deploy_for(model, x1, rt, args.threads, cache) for rt in rts})
+    forms: dict[str, dict[str, int]] = {}
+    for rt in rts:
+        graphs[("deploy", rt)], records = deploy_for(model, x1, rt, args.threads, cache)
+        forms[f"deploy/{rt}"] = form_counts(records)
     choose_s = time.perf_counter() - t0
+    if args.preferred:  # the registry's measured order, untimed (what `--form preferred` ships)
+        for rt in rts:
+            graphs[("deploy-preferred", rt)], records = convert(model, target=rt, dynamic_batch=True)
+            forms[f"deploy-preferred/{rt}"] = form_counts(records)
     graphs.update({("baseline", rt): convert(baseline, target=rt, dynamic_batch=True)[0] for rt in rts})
+    banks = kernel_banks(model) if args.floor else []
+    if banks:
+        graphs.update({("floor-aggregation", rt): KernelBankFloor(banks).eval() for rt in rts})
+        attention_floor = attention_floor_model(model)
+        graphs.update({("floor-attention", rt): attention_floor for rt in rts})
     info: dict[str, dict] = {}
     paths: dict[tuple, str | None] = {}
     for (tag, rt), m in graphs.items():
-        key = tag if tag != "deploy" else f"deploy-{rt}"
+        key = tag if tag not in ("deploy", "deploy-preferred") else f"{tag}-{rt}"
         if key not in info:
             info[key] = export_variant(m, x1, os.path.join(tmp, f"{name}-{key}.onnx"))
         paths[(tag, rt)] = info[key]["path"]
+    if args.openvino_per_batch and "openvino" in rts:
+        paths[("deploy", "openvino-per-batch")] = paths[("deploy", "openvino")]
     info["deploy-form-choice"] = {"seconds": choose_s}
     fl = {"model": flops(model, x1), "baseline": flops(baseline, x1)}
     rows = []
@@ -89,20 +240,28 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
             want = [t.numpy() for t in flatten_outputs(model(xb))]
         fns = {"eager": (lambda m, x: lambda: m(x))(model, xb)}
         parity = {}
-        for (tag, rt), path in paths.items():
+        batch_paths = dict(paths)
+        if args.static:  # the same bounds without --dynamic-batch: one static graph per batch, forms timed at it
+            for rt in rts:
+                deployed, records = deploy_for(model, xb, rt, args.threads, cache, dynamic_batch=False)
+                forms[f"deploy-static/{rt}/b{b}"] = form_counts(records)
+                for tag, m in (("deploy-static", deployed), ("baseline-static", convert(baseline, target=rt)[0])):
+                    batch_paths[(tag, rt)] = static_fallback(m, xb, os.path.join(tmp, f"{name}-{tag}-{rt}-b{b}.onnx"),
+                                                             info.setdefault(f"{tag}-{rt}-b{b}", {}))
+        for (tag, rt), path in batch_paths.items():
             if path is None and tag == "as-is":
                 path = static_fallback(model, xb, os.path.join(tmp, f"{name}-{tag}-b{b}.onnx"))
                 info["as-is"][f"static_b{b}"] = path is not None
             if path is None:
                 continue
             try:
-                r = make_runner(rt, RunnerOptions(threads=args.threads))
+                r = OpenVinoPerBatch(args.threads) if rt == "openvino-per-batch" else make_runner(rt, RunnerOptions(threads=args.threads))
                 sub = os.path.join(tmp, f"{name}-{tag}-{rt}-b{b}")
                 os.makedirs(sub, exist_ok=True)
                 r.load(path, sub)
                 feeds = {"input": xb.numpy()}
                 outs = r.run(feeds)
-                if tag != "baseline":  # each output on its own scale; the worst one
+                if not tag.startswith(("baseline", "floor")):  # each output on its own scale; the worst one
                     parity[f"{tag}/{rt}"] = (max(compare(f"o{i}", w, o, 0.0, 1e-4).max_rel_err for i, (w, o) in enumerate(zip(want, outs)))
                                              if len(outs) == len(want) else float("inf"))
                 fns[f"{tag}/{rt}"] = (lambda r, f: lambda: r.run(f))(r, feeds)
@@ -113,8 +272,10 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
         row = {"model": name, "baseline": entry.baseline, "batch": b, "input": [b, *shape[1:]],
                "flops_ratio": fl["model"] / fl["baseline"], "gmacs": fl["model"] / 2e9, "baseline_gmacs": fl["baseline"] / 2e9,
                "ms": {k: s.p50 for k, s in stats.items()}, "cov": {k: s.cov for k, s in stats.items()},
-               "parity_max_rel_err": parity,
+               "parity_max_rel_err": parity, "forms": forms,
                "export": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in info.items()}}
+        if banks:
+            row["bank_floats"] = sum(bank.numel() for bank in banks)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("model", "batch", "ms", "parity_max_rel_err")}, default=lambda v: round(v, 4)), flush=True)
     return rows
@@ -144,6 +305,61 @@ def to_markdown(rows: list[dict], rts: list[str]) -> str:
         cells.append(", ".join(f"{k.replace('/', ' ')} {v:.1e}" for k, v in par.items()))
         body.append(cells)
     return md_table(header, body)
+
+
+#: issue 15's bounds: deploy latency / the plain baseline's, batch 1 and 8, dynamic-batch and static graphs
+BOUNDS = {"cc_efficientnet_b0": 1.3, "dy_resnet18": 1.2, "dy_mobilenetv3_small": 2.0, "dcd_mobilenetv2": 1.6}
+
+
+def _ratio(ms: dict, a: str, b: str) -> float | None:
+    return ms[a] / ms[b] if ms.get(a) and ms.get(b) else None
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
+    """The issue-15 table: per model, batch and runtime, deploy / baseline for the dynamic-batch graph and for static
+    graphs, the weight-read floor, the dynamic graph against the static as-is one, and OpenVINO compiled per batch."""
+    header = ["model (batch)", "runtime", "bound", "dynamic: deploy / baseline", "dynamic, preferred order / baseline",
+              "static: deploy / baseline",
+              "floor: (baseline + aggregation) / baseline", "floor: attention + aggregation computed, unused / baseline",
+              "dynamic deploy / static as-is", "OpenVINO per-batch compile / baseline",
+              "threads"]
+    body = []
+    for r in rows:
+        if r["model"] not in BOUNDS or not any(k.startswith(("deploy-static", "floor")) for k in r["ms"]):
+            continue
+        ms, bound = r["ms"], BOUNDS[r["model"]]
+
+        def cell(v: float | None) -> str:
+            return "—" if v is None else (f"**{v:.2f}×**" if v > bound else f"{v:.2f}×")
+
+        for rt in rts:
+            floor = ((ms[f"baseline/{rt}"] + ms[f"floor-aggregation/{rt}"]) / ms[f"baseline/{rt}"]
+                     if ms.get(f"floor-aggregation/{rt}") and ms.get(f"baseline/{rt}") else None)
+            asis = _ratio(ms, f"deploy/{rt}", f"as-is/{rt}")
+            per_batch = _ratio(ms, "deploy/openvino-per-batch", "baseline/openvino") if rt == "openvino" else None
+            body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×", cell(_ratio(ms, f"deploy/{rt}", f"baseline/{rt}")),
+                         cell(_ratio(ms, f"deploy-preferred/{rt}", f"baseline/{rt}")),
+                         cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}")),
+                         "—" if floor is None else f"{floor:.2f}×", _fmt_ratio(_ratio(ms, f"floor-attention/{rt}", f"baseline/{rt}")),
+                         "—" if asis is None else f"{asis:.2f}×",
+                         cell(per_batch), str(r.get("threads", ""))])
+    return md_table(header, body)
+
+
+def merge_rows(path: str, rows: list[dict], note: str | None) -> dict:
+    """The saved benchmark with `rows` replacing those of the same (model, batch), the others kept in order."""
+    with open(path) as f:
+        saved = json.load(f)
+    fresh = {(r["model"], r["batch"]): r for r in rows}
+    merged = [fresh.pop((r["model"], r["batch"]), r) for r in saved["rows"]]
+    saved["rows"] = merged + list(fresh.values())
+    if note:
+        saved["notes"] = [n for n in saved.get("notes", []) if not n.startswith(note.split(":")[0])] + [note]
+    return saved
 
 
 def plot(rows: list[dict], rts: list[str], path: str, batch: int = 1) -> None:
@@ -185,6 +401,14 @@ def main() -> None:
     ap.add_argument("--markdown")
     ap.add_argument("--plot")
     ap.add_argument("--from-json", help="render the table and plot from an earlier --json instead of measuring")
+    ap.add_argument("--static", action="store_true", help="also the static-batch graphs (deploy and baseline, one per batch)")
+    ap.add_argument("--floor", action="store_true", help="also the weight-read floor (kernel-bank models)")
+    ap.add_argument("--openvino-per-batch", action="store_true", help="also the deploy graph on OpenVINO compiled per batch")
+    ap.add_argument("--form-cache", help="the form timer's cache file (default: a fresh one per run)")
+    ap.add_argument("--preferred", action="store_true", help="also the deployment in the registry's preferred order (untimed)")
+    ap.add_argument("--merge", help="an earlier --json: its rows of the measured models are replaced, the others kept; "
+                                    "written back there, and the tables rendered from all rows")
+    ap.add_argument("--note", help="with --merge: a note on these rows kept in the JSON (replacing one with the same first words)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
@@ -199,13 +423,26 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
                 rows += bench_pair(name, args, tmp)
+        for r in rows:
+            r["threads"] = args.threads
+    record = {"threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows}
+    if args.merge and not args.from_json:
+        record = merge_rows(args.merge, rows, args.note)
+        rows, args.json = record["rows"], args.json or args.merge
     md = to_markdown(rows, rts)
+    issue15 = dynamic_kernels_markdown(rows, rts)
+    if issue15.count("\n") > 1:
+        md += ("\n\n#### Input-dependent kernels (issue 15): deploy / baseline against the bound (**bold**: above it), "
+               "dynamic-batch and static graphs\n\n" + issue15)
     print()
     print(md)
     elapsed = "" if args.from_json else f"; {time.time() - t0:.0f} s"  # re-rendering measures nothing
     foot = f"{machine()}; threads={args.threads}; medians of {args.repeats} interleaved repeats{elapsed}"
+    if args.merge and not args.from_json:
+        foot += (f" (rows of {', '.join(names)}: this run; the other rows from the earlier runs in models.json, "
+                 f"threads={record['threads']} unless a row says otherwise)")
     print("\n" + foot)
-    write_outputs(args, md + "\n\n" + foot, {"threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows})
+    write_outputs(args, md + "\n\n" + foot, record)
     if args.plot:
         plot(rows, rts, args.plot)
 

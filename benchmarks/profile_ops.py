@@ -208,7 +208,7 @@ def forced_ranker(items: list[str]):
 def _zoo_module(name: str, variant: str, target: str, dynamic_batch: bool, forms: dict[str, str], timed: bool,
                 threads: int, x: torch.Tensor, cache: str) -> torch.nn.Module:
     from polyexport import zoo
-    from polyexport.convert import convert, parse_form_overrides
+    from polyexport.convert import convert
 
     entry = zoo.get(name)
     if variant == "baseline":

@@ -1,5 +1,6 @@
-"""timm's CondConv2d (4 experts, 3×3, stride 1) at three realistic shapes, with its routing
-(sigmoid(Linear(GAP(x))), as CondConvResidual computes it) so each module takes x alone."""
+"""timm's CondConv2d (4 experts) at cc_efficientnet_b0's own shapes (stage 4 at 14×14: 1×1 112→672, 5×5
+depthwise 672, 1×1 672→112; stage 5 at 7×7: 1×1 192→1152, 5×5 depthwise 1152) and a dense 3×3, with its
+routing (sigmoid(Linear(GAP(x))), as CondConvResidual computes it) so each module takes x alone."""
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ from . import BenchCase
 NOTES = {
     "bank_grouped": "static batch, computed conv weights (not TensorRT); conv FLOPs + K·|W| mixing",
     "bank_batched": "dynamic batch, constant conv weights; im2col conv + batched MatMul",
+    "bank_batched_blocked": "bank_batched ending in a unit depthwise 1×1 conv (OpenVINO's layout)",
+    "expert_convs": "dynamic batch, constant weights; K convs of the layer's shape, Mul/Add; K× FLOPs",
+    "sample_conv": "dynamic batch, computed conv weights; If batch 1: one Conv, else a Loop of it; conv FLOPs",
+    "sample_conv_blocked": "sample_conv ending in a unit depthwise 1×1 conv (OpenVINO's layout)",
     "output_aggregation": "dynamic batch, constant weights; K× conv FLOPs",
 }
+
+#: (in, out, kernel, groups, size): cc_efficientnet_b0's CondConv layers, and a dense 3×3
+SHAPES = [(112, 672, 1, 1, 14), (672, 672, 5, 672, 14), (672, 112, 1, 1, 14), (192, 1152, 1, 1, 7),
+          (1152, 1152, 5, 1152, 7), (128, 128, 3, 1, 28)]
 
 
 class WithRouting(nn.Module):
@@ -32,13 +41,14 @@ class WithRouting(nn.Module):
 
 def cases() -> list[BenchCase]:
     out = []
-    for c, hw in ((64, 56), (128, 28), (256, 14)):
-        conv = randomize_(CondConv2d(c, c, 3, padding="", num_experts=4), seed=0)
-        routing = randomize_(nn.Linear(c, 4), seed=1)
+    for cin, cout, k, g, hw in SHAPES:
+        conv = randomize_(CondConv2d(cin, cout, k, padding="", groups=g, num_experts=4), seed=0)
+        routing = randomize_(nn.Linear(cin, 4), seed=1)
+        kind = "dw" if g > 1 else ""
         out.append(BenchCase(
-            layer="CondConv2d", config=f"c{c} k3 s1 E4 @{hw}x{hw}", input_shape=(1, c, hw, hw),
+            layer="CondConv2d", config=f"c{cin}-{cout} k{k}{kind} E4 @{hw}x{hw}", input_shape=(1, cin, hw, hw),
             reference=WithRouting(routing, conv).eval(),
             forms={f: WithRouting(routing, to_deploy(conv, f)).eval() for f in NOTES},
-            yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1)), notes=dict(NOTES),
+            yardstick=randomize_(nn.Conv2d(cin, cout, k, 1, k // 2, groups=g)), notes=dict(NOTES),
         ))
     return out

@@ -1,15 +1,17 @@
-"""DCD conv_dy (3×3, ResNet bottleneck style) and conv_basic_dy at ResNet shapes; yardstick: the plain 3×3 conv."""
+"""DCD conv_dy (3×3, ResNet bottleneck style) and conv_basic_dy at ResNet shapes, and dcd_mobilenetv2's 1×1
+DYModules (the expanding 24→144 at 56×56, the projecting 576→96 at 14×14); yardstick: the plain conv."""
 from __future__ import annotations
 
 from torch import nn
 
 from polyexport.deploy_layers.dcd import to_deploy
-from polyexport.layers.dcd import conv_basic_dy, conv_dy
+from polyexport.layers.dcd import DYModule, conv_basic_dy, conv_dy
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {"decomposed": "dynamic batch, constant weights; static conv ⊙ channel scale + batched dim×dim MatMul, BN1d/BN2d folded"}
+NOTES = {"decomposed": "dynamic batch, constant weights; static conv ⊙ channel scale + batched dim×dim MatMul, BN1d/BN2d folded",
+         "aggregated": "1×1 only; dynamic batch, no Conv: per-sample kernel Λ⊙W0 + PΦ'Q' and one batched MatMul"}
 
 
 def cases() -> list[BenchCase]:
@@ -22,4 +24,11 @@ def cases() -> list[BenchCase]:
                 forms={"decomposed": to_deploy(ref)}, yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
                 notes=dict(NOTES),
             ))
+    for cin, cout, hw in [(24, 144, 56), (576, 96, 14)]:
+        ref = randomize_(DYModule(cin, cout, 16))
+        out.append(BenchCase(
+            layer="DYModule", config=f"c{cin}-{cout} k1 dim{ref.dim} @{hw}x{hw}", input_shape=(1, cin, hw, hw), reference=ref,
+            forms={f: to_deploy(ref, f) for f in NOTES}, yardstick=randomize_(nn.Conv2d(cin, cout, 1, bias=False)),
+            notes=dict(NOTES),
+        ))
     return out

@@ -5,6 +5,11 @@ Each module is the layer in its context: a 1×1 masknet → softmax → argmax f
 paper's unit (the masknet costs 8/out of the conv). The reference is exported as it is (our PyTorch
 re-creation of the CUDA op: a per-pixel kernel gather + einsum).
 
+Also "region_sorted" (1×1, batch 1), not a registered form: the one-conv-FLOPs alternative to evaluating
+every basis, written to show why none is registered. Per region g: the pixels NonZero(mask == g), their
+columns gathered, one MatMul with that region's kernel, scattered back. It does 1× the conv's
+multiply-adds but ≈ 6 data-dependent-shape ops per region (48 for 8 regions) and a batch loop beyond batch 1.
+
     python benchmarks/layers.py --only drconv_megvii
 """
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyexport.deploy_layers.drconv_megvii import exact_for_prescaled, to_deploy
+from polyexport.deploy_layers.drconv_megvii import DRConvCandidates, exact_for_prescaled, to_deploy
 from polyexport.layers.drconv_megvii import DRConv
 from polyexport.testing import randomize_
 
@@ -22,7 +27,22 @@ NOTES = {
     "basis": "dynamic batch, constant conv weights; one conv with num_W·out outputs + per-pixel mixing, ≈ num_W× conv FLOPs",
     "candidates": "dynamic batch, constant conv weights; kernels = routing @ bank, im2col + batched MatMul (G candidates), one-hot",
     "prescaled": "1×1 only; dynamic batch; input scaled per basis, one constant 1×1 conv over num_W·in, ≈ num_W× conv FLOPs",
+    "region_sorted": "not registered (benchmark only): 1× conv FLOPs, per region NonZero → Gather → MatMul → scatter; batch 1",
 }
+
+
+class RegionSorted(DRConvCandidates):
+    """1×1, batch 1: each region's pixels gathered, multiplied by that region's kernel, scattered back (exact)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, Alpha: torch.Tensor | None = None) -> torch.Tensor:  # noqa: N803
+        g, o, c = self.groups_num, self.out_channels, self.in_channels
+        kernels = torch.matmul(self.coefficients(x), self.bank_t).reshape(g, o, c)  # batch 1
+        cols, regions = x.flatten(2)[0], mask.flatten()
+        out = torch.zeros(o, cols.shape[1], dtype=x.dtype)
+        for r in range(g):
+            at = (regions == r).nonzero().squeeze(1)
+            out = out.scatter(1, at.unsqueeze(0).expand(o, -1), torch.matmul(kernels[r], cols.index_select(1, at)))
+        return self.with_bias(out.reshape(1, o, x.shape[2], x.shape[3]))
 
 #: (in, out, k, stride, hw): the model's DRConv shapes at 224 (strided units' conva_right at the unit's input size)
 SHAPES = [(24, 24, 1, 1, 56), (24, 24, 1, 1, 28), (48, 48, 1, 1, 28), (48, 48, 1, 1, 14), (96, 96, 1, 1, 14),
@@ -48,7 +68,10 @@ def cases() -> list[BenchCase]:
         with torch.no_grad():
             ref.routing_fc.weight.mul_(5.0)
         masknet = randomize_(nn.Conv2d(cin, ref.groups_num, 1, bias=False))
-        forms = {f: Guided(masknet, to_deploy(ref, f)) for f in NOTES if f != "prescaled" or exact_for_prescaled(ref) is None}
+        forms = {f: Guided(masknet, to_deploy(ref, f)) for f in ("basis", "candidates", "prescaled")
+                 if f != "prescaled" or exact_for_prescaled(ref) is None}
+        if exact_for_prescaled(ref) is None:
+            forms["region_sorted"] = Guided(masknet, RegionSorted(ref).eval())
         out.append(BenchCase(
             layer="DRConv", config=f"c{cin}→{cout} k{k} s{s} G8 W8 @{hw}x{hw}", input_shape=(1, cin, hw, hw),
             reference=Guided(masknet, ref).eval(), forms=forms,

@@ -1,4 +1,5 @@
-"""Dynamic_conv2d (K = 4, 3×3, stride 1) at three realistic shapes; yardstick: the static 3×3 conv."""
+"""Dynamic_conv2d (K = 4) at DY-ResNet-18's 3×3 shapes (56, 28, 14, 7) and DY-MobileNetV3-Small's (1×1 96→576
+and 5×5 depthwise 576 at 7×7); yardstick: the static conv of the same shape."""
 from __future__ import annotations
 
 import torch
@@ -10,22 +11,23 @@ from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "bank_grouped": "static batch, computed conv weights (not TensorRT); conv FLOPs + K·|W| mixing",
-    "bank_batched": "dynamic batch, constant conv weights; im2col conv + batched MatMul",
-    "output_aggregation": "dynamic batch, constant weights; K× conv FLOPs",
-}
+from .condconv import NOTES
+
+#: (in, out, kernel, groups, size)
+SHAPES = [(64, 64, 3, 1, 56), (128, 128, 3, 1, 28), (256, 256, 3, 1, 14), (512, 512, 3, 1, 7),
+          (96, 576, 1, 1, 7), (576, 576, 5, 576, 7)]
 
 
 def cases() -> list[BenchCase]:
     out = []
-    for c, hw in ((64, 56), (128, 28), (256, 14)):
-        ref = randomize_(Dynamic_conv2d(c, c, 3, padding=1, K=4, temperature=4), seed=0)
+    for cin, cout, k, g, hw in SHAPES:
+        ref = randomize_(Dynamic_conv2d(cin, cout, k, padding=k // 2, groups=g, bias=False, K=4, temperature=1), seed=0)
         with torch.no_grad():
             ref.attention.fc2.weight.mul_(3)
+        kind = "dw" if g > 1 else ""
         out.append(BenchCase(
-            layer="Dynamic_conv2d", config=f"c{c} k3 s1 K4 @{hw}x{hw}", input_shape=(1, c, hw, hw), reference=ref,
+            layer="Dynamic_conv2d", config=f"c{cin}-{cout} k{k}{kind} K4 @{hw}x{hw}", input_shape=(1, cin, hw, hw), reference=ref,
             forms={f: to_deploy(ref, f) for f in NOTES},
-            yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1)), notes=dict(NOTES),
+            yardstick=randomize_(nn.Conv2d(cin, cout, k, 1, k // 2, groups=g, bias=False)), notes=dict(NOTES),
         ))
     return out

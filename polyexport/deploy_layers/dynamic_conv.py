@@ -23,7 +23,9 @@ class SoftmaxRouter(nn.Module):
     def __init__(self, attention: nn.Module):
         super().__init__()
         w1, w2 = attention.fc1.weight.detach(), attention.fc2.weight.detach()
-        self.fc1 = nn.Linear(w1.shape[1], w1.shape[0], bias=False)
+        # a zero bias (exact: x·W + 0): exported as Gemm, which ONNX Runtime fuses with the Relu (one node, not two)
+        self.fc1 = nn.Linear(w1.shape[1], w1.shape[0], bias=True)
+        nn.init.zeros_(self.fc1.bias)
         self.fc2 = nn.Linear(w2.shape[1], w2.shape[0], bias=attention.fc2.bias is not None)
         self.fc1.weight.data.copy_(w1.flatten(1))
         self.fc2.weight.data.copy_(w2.flatten(1))
