@@ -32,14 +32,15 @@ def run(args) -> list[dict]:
     rows = []
     cases = all_cases(args.only)
     for case in cases:
-        x = torch.randn(*case.input_shape)
+        shapes = case.input_shape if isinstance(case.input_shape[0], (tuple, list)) else [case.input_shape]  # several inputs, or one
+        x = tuple(torch.randn(*s) for s in shapes)
         modules = {"yardstick": case.yardstick, "reference": case.reference, **{f"form:{k}": m for k, m in case.forms.items()}}
-        base_flops = flops(case.yardstick, x)
+        base_flops = flops(case.yardstick, *x)
         with tempfile.TemporaryDirectory() as tmp:
             for rt in runtimes_here(args.runtimes):
                 fns, errors = {}, {}
                 for tag, mod in modules.items():
-                    runner, feeds = load_runner(rt, mod.eval(), (x,), tmp, tag.replace(":", "_"), args.threads)
+                    runner, feeds = load_runner(rt, mod.eval(), x, tmp, tag.replace(":", "_"), args.threads)
                     if runner is None:
                         errors[tag] = feeds
                     else:
@@ -47,7 +48,7 @@ def run(args) -> list[dict]:
                 stats = interleaved(fns, repeats=args.repeats, warmup=3, warmup_s=0.05, min_iters=args.iters, min_time_s=args.min_time)
                 y = stats["yardstick"].p50
                 for tag in modules:
-                    f = flops(modules[tag], x)
+                    f = flops(modules[tag], *x)
                     row = {"layer": case.layer, "config": case.config, "runtime": rt, "module": tag,
                            "flops_ratio": f / base_flops, "note": case.notes.get(tag.removeprefix("form:"), "")}
                     if tag in stats:

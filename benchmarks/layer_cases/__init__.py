@@ -18,7 +18,7 @@ from torch import nn
 class BenchCase:
     layer: str  # e.g. "PSConv2d"
     config: str  # short description, e.g. "c256 k3 s1 parts4 @14x14"
-    input_shape: tuple[int, ...]  # batch 1 (the harness may vary batch for dynamic layers)
+    input_shape: tuple  # batch 1 (the harness may vary batch for dynamic layers); a list of shapes for several inputs
     reference: nn.Module  # trained-form layer in eval mode (random weights, random BN stats)
     forms: dict[str, nn.Module]  # form name -> deploy module (built with to_deploy)
     yardstick: nn.Module  # plain nn.Conv2d(in, out, k, stride, padding) of the same shape

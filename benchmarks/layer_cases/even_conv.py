@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.even_conv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.even_conv import SymmetricPadConv2d
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "split": "dynamic batch, constant weights; per channel quarter Pad + kxk conv, summed (concatenated if depthwise); reference FLOPs",
-    "padcat": "dynamic batch, constant weights; the reference graph (Pad x4, Concat, conv), BN-foldable",
-    "single": "dynamic batch, constant weights; one (k+1)x(k+1) conv, ((k+1)/k)^2 FLOPs",
-}
+NOTES = {name: form.note for name, form in forms_of(SymmetricPadConv2d).items()}
 
 #: (channels, spatial size, kernel, stride, groups)
 SHAPES = [(64, 56, 2, 1, 1), (128, 28, 2, 1, 1), (256, 14, 2, 1, 1), (128, 28, 4, 1, 1), (128, 28, 2, 2, 1), (128, 28, 2, 1, 128)]

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.hetconv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.hetconv import HetConv, ShiftedHetConv
 from polyexport.testing import randomize_
 
 from . import BenchCase
-
-NOTES = {
-    "grouped_plus_pointwise": "dynamic batch, constant weights; grouped 3x3 (groups=P) + dense 1x1, one Add; (9/P+1)/9 FLOPs",
-    "shuffled": "dynamic batch, constant weights; channel shuffle, grouped 3x3 + dense 1x1, shuffle back; (9/P+1)/9 FLOPs",
-    "dense": "dynamic batch, constant weights; one dense 3x3 conv, 1x1 kernels at the centre; 1x FLOPs",
-}
 
 #: (layer, channels, spatial size, stride, P)
 SHAPES = [(HetConv, 64, 56, 1, 4), (HetConv, 128, 28, 1, 4), (HetConv, 256, 14, 1, 4), (HetConv, 128, 28, 2, 4),
@@ -28,7 +22,7 @@ def cases() -> list[BenchCase]:
     for layer, c, hw, s, p in SHAPES:
         ref = randomize_(layer(c, c, p, 3, s))
         forms = ["grouped_plus_pointwise", "dense"]
-        notes = {f: NOTES["shuffled" if layer is ShiftedHetConv and f != "dense" else f] for f in forms}
+        notes = {f: forms_of(layer)[f].note for f in forms}
         out.append(BenchCase(
             layer=layer.__name__, config=f"c{c} k3 s{s} P{p} @{hw}x{hw}", input_shape=(1, c, hw, hw),
             reference=ref, forms={f: to_deploy(ref, f) for f in forms},

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.mixconv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.mixconv import MixedConv2d
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "single": "dynamic batch, constant weights; one conv at the largest kernel (depthwise: groups=C), smaller kernels zero-padded",
-    "aligned": "dynamic batch, constant weights; depthwise only: Split at multiples of 8 channels + one conv per kernel size + Concat (≈ reference FLOPs)",
-    "split": "dynamic batch, constant weights; Split + one conv per kernel size + Concat (reference FLOPs)",
-}
+NOTES = {name: form.note for name, form in forms_of(MixedConv2d).items()}
 
 #: (channels, spatial size, kernel sizes, stride, padding, depthwise)
 SHAPES = [

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.octconv import to_deploy
-from polyexport.layers.octconv import Conv_BN_ACT, split_channels
+from polyexport.convert import forms_of, to_deploy
+from polyexport.layers.octconv import Conv_BN, Conv_BN_ACT, OctaveConv, split_channels
 from polyexport.testing import randomize_
 
 from . import BenchCase
-
-NOTES = {
-    "merged": "dynamic batch and size, constant weights; BN folded, l2l+l2h one conv, Resize nearest ×2",
-    "merged_deconv": "dynamic batch and size, constant weights; as merged, upsampling as ConvTranspose2d (ones)",
-    "concat": "dynamic batch and size, constant weights; y_l one conv over cat(pool(x_h), x_l); stride 2: 2 convs",
-    "separate": "dynamic batch and size, constant weights; official four convs, BN folded, Resize",
-}
 
 #: (channels, spatial size)
 SHAPES = [(64, 56), (128, 28), (256, 14)]
@@ -35,15 +28,19 @@ class SplitInput(nn.Module):
 
 
 def cases() -> list[BenchCase]:
+    """Conv_BN_ACT (the ResNet blocks' 3×3) at every shape; OctaveConv and Conv_BN (the same layer without its BN or
+    activation) at one."""
     out = []
     for alpha, stride in ((0.5, 1), (0.25, 1), (0.5, 2)):
         for c, hw in SHAPES:
-            ref = randomize_(Conv_BN_ACT(c, c, 3, alpha, alpha, stride=stride, padding=1))
-            high = split_channels(c, alpha)[0]
-            out.append(BenchCase(
-                layer="OctConv", config=f"c{c} k3 s{stride} a{alpha} @{hw}x{hw}", input_shape=(1, c, hw, hw),
-                reference=SplitInput(ref, high),
-                forms={f: SplitInput(to_deploy(ref, f), high) for f in NOTES},
-                yardstick=randomize_(nn.Conv2d(c, c, 3, stride, 1, bias=False)), notes=dict(NOTES),
-            ))
-    return out
+            out.append(case(Conv_BN_ACT, c, hw, alpha, stride))
+    return out + [case(OctaveConv, 128, 28, 0.5, 1), case(Conv_BN, 128, 28, 0.5, 1)]
+
+
+def case(layer: type, c: int, hw: int, alpha: float, stride: int) -> BenchCase:
+    ref = randomize_(layer(c, c, 3, alpha, alpha, stride=stride, padding=1))
+    high = split_channels(c, alpha)[0]
+    notes = {name: form.note for name, form in forms_of(layer).items()}
+    return BenchCase(layer=layer.__name__, config=f"c{c} k3 s{stride} a{alpha} @{hw}x{hw}", input_shape=(1, c, hw, hw),
+                     reference=SplitInput(ref, high), forms={f: SplitInput(to_deploy(ref, f), high) for f in notes},
+                     yardstick=randomize_(nn.Conv2d(c, c, 3, stride, 1, bias=False)), notes=notes)

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.spd_conv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.spd_conv import SPDConv, space_to_depth
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "space_to_depth_op": "dynamic batch, constant weights; SpaceToDepth + conv (block order folded into its weights, BN folded)",
-    "strided_conv": "dynamic batch, constant weights; one 2k×2k stride-2 conv (BN folded)",
-}
-
-ALONE_NOTES = {
-    "space_to_depth_op": "dynamic batch, no weights; SpaceToDepth + Reshape/Transpose (no conv after it to fold into)",
-    "strided_conv": "alone it is computed as space_to_depth_op (the single conv needs the next conv)",
-}
+NOTES = {name: form.note for name, form in forms_of(SPDConv).items()}
+ALONE_NOTES = {name: form.note for name, form in forms_of(space_to_depth).items()}
 
 #: (channels, spatial size, kernel)
 SHAPES = [(64, 56, 3), (128, 28, 3), (256, 14, 3)]
