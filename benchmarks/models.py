@@ -120,29 +120,43 @@ def kernel_banks(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 class _KernelsComputedUnused(torch.nn.Module):
-    """A dynamic conv's floor: its plain conv (expert 0, constant weights: fast everywhere) plus everything that
-    makes its kernel input-dependent, computed and not used (a zero-weighted sum keeps it live): the attention
-    branch (DY-Conv: its own; CondConv: the block's routing, passed in) and the aggregation a @ bank. Every form
-    that aggregates kernels does at least this much; BN folds into the conv."""
+    """A dynamic conv's floor: its plain conv (expert 0, constant weights: fast everywhere), plus everything that
+    makes its kernel input-dependent, computed and not used: the attention branch (DY-Conv: its own; CondConv:
+    the block's routing, passed in) and the aggregation a @ bank, reduced to a scalar put in `sink` (added,
+    zero-weighted, to the model's output by AttentionFloor: no pass over a feature map). Every form that
+    aggregates kernels does at least this much; BN folds into the conv."""
 
-    def __init__(self, conv: torch.nn.Conv2d, bank: torch.Tensor, router: torch.nn.Module | None):
+    def __init__(self, conv: torch.nn.Conv2d, bank: torch.Tensor, router: torch.nn.Module | None, sink: list):
         super().__init__()
-        self.conv, self.router = conv, router
+        self.conv, self.router, self.sink = conv, router, sink
         self.register_buffer("bank", bank)
 
     def forward(self, x: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
         a = self.router(x) if routing is None else routing
-        unused = torch.matmul(a, self.bank).sum(1).reshape(-1, 1, 1, 1)
-        return self.conv(x) + 0.0 * unused
+        self.sink.append(torch.matmul(a, self.bank).sum(1, keepdim=True))
+        return self.conv(x)
 
     def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_KernelsComputedUnused":
         from polyexport.deploy_layers.conv_bn import fuse_conv_bn
 
-        return _KernelsComputedUnused(fuse_conv_bn(self.conv, bn), self.bank, self.router)
+        return _KernelsComputedUnused(fuse_conv_bn(self.conv, bn), self.bank, self.router, self.sink)
+
+
+class AttentionFloor(torch.nn.Module):
+    """The model with its dynamic convs as _KernelsComputedUnused; their scalars added ×0 to the output (kept live)."""
+
+    def __init__(self, model: torch.nn.Module, sink: list):
+        super().__init__()
+        self.model, self.sink = model, sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sink.clear()
+        y = self.model(x)
+        return y + 0.0 * torch.cat(self.sink, 1).sum(1, keepdim=True)
 
 
 def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The model with each CondConv2d / Dynamic_conv2d as _KernelsComputedUnused, BN folded; None without any."""
+    """AttentionFloor of the model (each CondConv2d / Dynamic_conv2d replaced, BN folded); None without any."""
     import copy
 
     from polyexport.convert import fold_batchnorm
@@ -150,8 +164,7 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
     from polyexport.layers.condconv import CondConv2d
     from polyexport.layers.dynamic_conv import Dynamic_conv2d
 
-    floor = copy.deepcopy(model).eval()
-    found = False
+    floor, sink = copy.deepcopy(model).eval(), []
     for name, m in list(floor.named_modules()):
         if isinstance(m, (CondConv2d, Dynamic_conv2d)):
             k = m.num_experts if isinstance(m, CondConv2d) else m.K
@@ -163,12 +176,11 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
                 conv.weight.copy_(bank[0].reshape(shape))
             router = SoftmaxRouter(m.attention) if isinstance(m, Dynamic_conv2d) else None
             parent, _, child = name.rpartition(".")
-            setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router).eval())
-            found = True
-    if not found:
+            setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router, sink).eval())
+    if not sink and not any(isinstance(m, _KernelsComputedUnused) for m in floor.modules()):
         return None
     fold_batchnorm(floor)
-    return floor
+    return AttentionFloor(floor, sink).eval()
 
 
 class OpenVinoPerBatch:
