@@ -155,8 +155,27 @@ class AttentionFloor(torch.nn.Module):
         return y + 0.0 * torch.cat(self.sink, 1).sum(1, keepdim=True)
 
 
+class _DCDKernelComputedUnused(torch.nn.Module):
+    """A 1×1 DCD layer's floor: its static conv W0 (constant) plus the per-sample kernel and bias of the
+    "aggregated" form computed and put in `sink`: what that form adds at least (it then applies them)."""
+
+    def __init__(self, conv: torch.nn.Conv2d, aggregated: torch.nn.Module, sink: list):
+        super().__init__()
+        self.conv, self.aggregated, self.sink = conv, aggregated, sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, bias = self.aggregated.kernel_and_bias(x)
+        self.sink.append(kernel.sum((1, 2)).unsqueeze(1) + bias.sum((1, 2)).unsqueeze(1))
+        return self.conv(x)
+
+    def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_DCDKernelComputedUnused":
+        from polyexport.deploy_layers.conv_bn import fuse_conv_bn
+
+        return _DCDKernelComputedUnused(fuse_conv_bn(self.conv, bn), self.aggregated, self.sink)
+
+
 def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    """AttentionFloor of the model (each CondConv2d / Dynamic_conv2d replaced, BN folded); None without any."""
+    """AttentionFloor of the model (each CondConv2d / Dynamic_conv2d / 1×1 DCD layer replaced, BN folded); None without any."""
     import copy
 
     from polyexport.convert import fold_batchnorm
@@ -164,9 +183,16 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
     from polyexport.layers.condconv import CondConv2d
     from polyexport.layers.dynamic_conv import Dynamic_conv2d
 
+    from polyexport.deploy_layers.dcd import DCDAggregated, aggregated_exact_for
+    from polyexport.layers.dcd import DCD_TYPES
+
     floor, sink = copy.deepcopy(model).eval(), []
     for name, m in list(floor.named_modules()):
-        if isinstance(m, (CondConv2d, Dynamic_conv2d)):
+        if isinstance(m, DCD_TYPES) and aggregated_exact_for(m) is None:
+            parent, _, child = name.rpartition(".")
+            conv = copy.deepcopy(m.parts()[0])
+            setattr(floor.get_submodule(parent) if parent else floor, child, _DCDKernelComputedUnused(conv, DCDAggregated(m), sink).eval())
+        elif isinstance(m, (CondConv2d, Dynamic_conv2d)):
             k = m.num_experts if isinstance(m, CondConv2d) else m.K
             bank = m.weight.detach().reshape(k, -1)
             shape = (m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, CondConv2d) else \
@@ -177,7 +203,7 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
             router = SoftmaxRouter(m.attention) if isinstance(m, Dynamic_conv2d) else None
             parent, _, child = name.rpartition(".")
             setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router, sink).eval())
-    if not sink and not any(isinstance(m, _KernelsComputedUnused) for m in floor.modules()):
+    if not any(isinstance(m, (_KernelsComputedUnused, _DCDKernelComputedUnused)) for m in floor.modules()):
         return None
     fold_batchnorm(floor)
     return AttentionFloor(floor, sink).eval()
@@ -232,7 +258,8 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
     banks = kernel_banks(model) if args.floor else []
     if banks:
         graphs.update({("floor-aggregation", rt): KernelBankFloor(banks).eval() for rt in rts})
-        attention_floor = attention_floor_model(model)
+    attention_floor = attention_floor_model(model) if args.floor else None
+    if attention_floor is not None:
         graphs.update({("floor-attention", rt): attention_floor for rt in rts})
     info: dict[str, dict] = {}
     paths: dict[tuple, str | None] = {}
@@ -341,7 +368,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
               "threads"]
     body = []
     for r in rows:
-        if r["model"] not in BOUNDS or not any(k.startswith(("deploy-static", "floor")) for k in r["ms"]):
+        if r["model"] not in BOUNDS or not any(k.startswith(("deploy-static", "floor", "deploy-preferred")) for k in r["ms"]):
             continue
         ms, bound = r["ms"], BOUNDS[r["model"]]
 

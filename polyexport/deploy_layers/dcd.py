@@ -142,7 +142,8 @@ class DCDAggregated(nn.Module):
         self.register_buffer("p_w", p_w.to(dt))
         self.register_buffer("bias", (p_w @ t2 + p_b).to(dt).reshape(1, cout, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def kernel_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's (out, in) kernel and (out, 1) bias."""
         y1 = self.fc1(adaptive_avg_pool(x, self.pool).flatten(1))
         y = y1 * F.hardsigmoid(self.se(y1))
         cout, dim = self.out_channels, self.dim
@@ -151,7 +152,11 @@ class DCDAggregated(nn.Module):
         low_rank = (torch.matmul(self.p_w, torch.matmul(phi, self.q_w)) if self.q_first
                     else torch.matmul(torch.matmul(self.p_w, phi), self.q_w))
         kernel = F.hardsigmoid(logits).unsqueeze(2) * self.w0 + low_rank  # (B, out, in)
-        bias = torch.matmul(self.p_w, phi_c.unsqueeze(2)) + self.bias  # (B, out, 1)
+        return kernel, torch.matmul(self.p_w, phi_c.unsqueeze(2)) + self.bias  # (B, out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cout = self.out_channels
+        kernel, bias = self.kernel_and_bias(x)
         if self.stride != (1, 1):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
         h, w = int(x.shape[2]), int(x.shape[3])  # static in the graph; the batch is not
