@@ -191,5 +191,7 @@ for _t in DCD_TYPES:
                Form("aggregated", lambda r: to_deploy(r, "aggregated"), dynamic_batch=True, constant_weights=True,
                     exact_for=aggregated_exact_for,
                     note="per-sample 1×1 kernel Λ⊙W0 + PΦ'Q' from one Gemm, applied by one batched MatMul; no Conv")],
-        prefer={"*": ["decomposed", "aggregated"]},
+        # measured (benchmarks/results/dynamic_kernels.md, dcd_mobilenetv2 whole, 1 thread): ONNX Runtime aggregated
+        # (no per-pixel channel scaling, which its blocked layout cannot fuse), OpenVINO decomposed
+        prefer={"*": ["aggregated", "decomposed"], "openvino": ["decomposed", "aggregated"]},
     )
