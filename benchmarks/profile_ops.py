@@ -11,6 +11,11 @@ optimisation; LATENCY hint, f32 precision), with profiling on.
     python benchmarks/profile_ops.py zoo:cc_efficientnet_b0 --form CondConv2d=bank_batched --batch 1 8
     python benchmarks/profile_ops.py case:condconv:0 --module form:bank_batched
     python benchmarks/profile_ops.py model.onnx --markdown out.md
+    python benchmarks/profile_ops.py case:condconv:0 --compare yardstick form:sample_conv form:sample_conv_blocked --then silu
+
+`--compare` times a layer case's modules side by side instead (interleaved repeats, medians, ratios to the
+first), each exported as the profile would be (dynamic batch unless --static), optionally followed by an
+activation (`--then`): what a layer alone hides (a following activation, a layout change) shows there.
 
 Profiling adds overhead per node (more on small graphs): compare shares within one table, and take
 latency claims from the interleaved benchmarks (benchmarks/models.py, benchmarks/layers.py).
@@ -237,6 +242,52 @@ def _case_module(spec: str, module: str) -> tuple[torch.nn.Module, tuple[int, ..
     return mods[module].eval(), tuple(case.input_shape)
 
 
+class _Then(torch.nn.Module):
+    """module(x) followed by an activation, as the next layer of a network would apply it."""
+
+    ACTS = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "hardswish": torch.nn.Hardswish}
+
+    def __init__(self, module: torch.nn.Module, act: str):
+        super().__init__()
+        self.module, self.act = module, self.ACTS[act]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.module(x))
+
+
+def compare(args) -> str:
+    """A layer case's modules timed side by side per runtime and batch: medians of interleaved repeats, ratios to the first."""
+    from common import load_runner
+
+    from polyexport.bench import interleaved
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rt in runtimes_here(args.runtimes):
+            for b in args.batch:
+                fns = {}
+                for name in args.compare:
+                    module, shape = _case_module(args.spec, name)
+                    if args.then:
+                        module = _Then(module, args.then).eval()
+                    example = torch.randn(1 if args.dynamic_batch else b, *shape[1:])
+                    tag = f"{name.replace(':', '_')}-{'dyn' if args.dynamic_batch else b}"
+                    runner, feeds = load_runner(rt, module, (example,), tmp, tag, args.threads, dynamic_batch=args.dynamic_batch)
+                    if runner is None:
+                        rows.append([name, rt, str(b), "fails: " + feeds, ""])
+                        continue
+                    feeds = {k: np.random.default_rng(0).standard_normal((b, *v.shape[1:]), dtype=np.float32) for k, v in feeds.items()}
+                    fns[name] = (lambda r, f: lambda: r.run(f))(runner, feeds)
+                stats = interleaved(fns, repeats=args.repeats, warmup=3, warmup_s=0.05, min_iters=20, min_time_s=0.1)
+                first = stats[next(iter(stats))].p50 if stats else 0
+                for name, st in stats.items():
+                    rows.append([name, rt, str(b), f"{st.p50:.3f}", f"{st.p50 / first:.2f}×"])
+    then = f", then {args.then}" if args.then else ""
+    title = (f"**{args.spec}{then}: side by side, {'dynamic-batch' if args.dynamic_batch else 'static'} graphs, "
+             f"{args.threads} thread(s), medians of {args.repeats} interleaved repeats**")
+    return title + "\n\n" + md_table(["module", "runtime", "batch", "ms", f"vs {args.compare[0]}"], rows)
+
+
 def export_target(spec: str, args, batch: int, tmp: str, target: str) -> str:
     """The ONNX file to profile for `spec` (zoo:NAME, case:FILE[:INDEX], or a path)."""
     if spec.endswith(".onnx"):
@@ -277,9 +328,19 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--nodes", type=int, default=0, help="also list the N slowest individual nodes")
     ap.add_argument("--markdown", help="append the tables to this file")
+    ap.add_argument("--compare", nargs="*", help="layer cases: time these modules side by side instead of profiling")
+    ap.add_argument("--then", choices=sorted(_Then.ACTS), help="with --compare: an activation after each module")
+    ap.add_argument("--repeats", type=int, default=5, help="with --compare: interleaved repeats")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rts = runtimes_here(args.runtimes)
+    if args.compare:
+        md = compare(args)
+        print(md)
+        if args.markdown:
+            with open(args.markdown, "a") as f:
+                f.write(md + f"\n\n{machine()}\n\n")
+        return
     chunks = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in args.batch:
