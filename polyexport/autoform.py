@@ -32,7 +32,7 @@ from torch import nn
 
 from .bench import race
 from .errors import BadInput
-from .convert import Form, LayerRecord, assignment, convert, is_known_layer, registered_layers
+from .convert import Form, LayerRecord, assignment, convert, is_known_layer, plan, registered_layers
 from .export import export_onnx, flatten_outputs
 from .export.fp16 import graph_for
 from .modules import set_eval
@@ -88,6 +88,10 @@ class FormTimer:
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path: str | None = cache_path or default_cache_path()
         self.repeats, self.min_time_s = repeats, min_time_s
+        #: a form alone is timed as exported, not simplified: the runtimes fold its constants and shape arithmetic
+        #: when they load it, and onnxsim took a fifth of the form choice (benchmarks/main_job.py: the choices
+        #: agree, see docs/results.md). The whole-model check times the graphs as they will ship.
+        self.layer_simplifier = "none"
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
                         f"|{precision}")
@@ -175,24 +179,25 @@ class FormTimer:
             want = [t.numpy() for t in flatten_outputs(ref(*args))]
         builds = {f.name: (lambda f: lambda: set_eval(f.build(ref)))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s)
+                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier)
 
-    def whole_models(self, candidates: dict[str, tuple[nn.Module, list]], args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
+    def whole_models(self, candidates: dict, args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
         """p50 latency (ms, None where it failed) of each whole deployed model, candidates given as
-        (model, layer records), and whether it came from the cache (keyed by every candidate's
-        (module, form) list and the input shapes). Per-layer timing misses what only the whole graph
+        autoform.Candidate (built here only on a cache miss), and whether it came from the cache (keyed by every
+        candidate's (module, form) assignment and the input shapes). Per-layer timing misses what only the whole graph
         shows (fusions across layers, layout changes between them), so the pipeline checks the per-layer
         choice against each single forced form and the preferred order this way. Every candidate is
         exact; one whose graph still disagrees with the first's PyTorch output on this runtime is never
         chosen."""
-        sig = json.dumps({k: [(r.name, r.form) for r in recs] for k, (_, recs) in candidates.items()}
+        sig = json.dumps({k: assignment(c.records) for k, c in candidates.items()}
                          | {"inputs": [list(a.shape) for a in args]}, sort_keys=True)
         key = f"{self.context}|whole-model:{hashlib.sha256(sig.encode()).hexdigest()[:16]}"
         if key in self.cache:
             return dict(self.cache[key]), True
+        first = next(iter(candidates.values())).build()[0]
         with torch.no_grad():
-            want = [t.numpy() for t in flatten_outputs(next(iter(candidates.values()))[0](*args))]
-        builds = {k: (lambda m: lambda: m)(m) for k, (m, _) in candidates.items()}
+            want = [t.numpy() for t in flatten_outputs(first(*args))]
+        builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                                 repeats=5, warmup_s=0.05, min_time_s=0.2)
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
@@ -202,7 +207,7 @@ class FormTimer:
 
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
                   runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
-                  min_time_s: float) -> dict[str, float]:
+                  min_time_s: float, simplifier: str = "onnxsim") -> dict[str, float]:
     """Export each built module as the pipeline exports it, run it on `runtime` (in the precision asked:
     options.fp16), judge it against `want` by that precision's tolerance, and race those that match
     (bench.race: interleaved repeats, a clearly slower one leaves early and frees its session): p50 ms each,
@@ -217,7 +222,8 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 with torch.no_grad():
                     module = build()
                 path = os.path.join(tmp, f"candidate{i}.onnx")
-                export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch)
+                export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
+                            simplifier=simplifier, validate=False)
                 graph, _ = graph_for(runtime, path, tmp, options.fp16)
                 result = run_graph(runtime, make_runner(runtime, options), graph, tmp, feeds)
                 loaded[label] = result.runner
@@ -264,6 +270,16 @@ class Deployment:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Candidate:
+    """A whole-model assignment to compare: the forms it gives each layer (planned, nothing built yet) and how to
+    build it. Building is the costly part, so only candidates that must be timed are built, and with a cached
+    verdict only the winner."""
+
+    records: list[LayerRecord]
+    build: Callable[[], tuple[nn.Module, list[LayerRecord]]]
+
+
 def choose_deployment(model: nn.Module, args: tuple[torch.Tensor, ...], target: str, forms: dict[str, str], dynamic_batch: bool,
                       strict: bool, timer: FormTimer | None, progress: Callable[[str], object]) -> Deployment:
     """Convert `model` for `target`: with a `timer`, each layer's exact forms timed on the runtime, then the
@@ -278,11 +294,12 @@ def choose_deployment(model: nn.Module, args: tuple[torch.Tensor, ...], target: 
     choices = list(timer.choices)
     alternatives = whole_model_alternatives(model, records, target, forms, dynamic_batch, strict, timer)
     if alternatives:
-        candidates = {"per-layer": (deployed, records), **alternatives}
+        candidates = {"per-layer": Candidate(records, lambda: (deployed, records)), **alternatives}
         with progress(f"whole model on {target}: per-layer choice vs {len(alternatives)} other assignment(s)"):
             timings, cached = timer.whole_models(candidates, args)
         best = min(timings, key=lambda k: float("inf") if timings[k] is None else timings[k])
-        deployed, records = candidates[best]
+        if best != "per-layer":
+            deployed, records = candidates[best].build()
         choices.append({"name": "(whole model)", "type": "whole model", "runtime": timer.runtime, "input": [list(a.shape) for a in args],
                         "timings_ms": timings, "chosen": best, "cached": cached})
     return Deployment(deployed, records, choices, list(dict.fromkeys(timer.notes)))
@@ -299,12 +316,12 @@ def _layer_total(records: list[LayerRecord], timed: dict[str, dict[str, float | 
 
 
 def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], target: str, forms: dict[str, str], dynamic_batch: bool,
-                             strict: bool, timer: FormTimer) -> dict[str, tuple[nn.Module, list[LayerRecord]]]:
+                             strict: bool, timer: FormTimer) -> dict[str, Candidate]:
     """What the per-layer choice is checked against as whole graphs: for each layer type and form (none the user
     forced), that form for every layer of the type with the other types (a) as timed per layer and (b) in the
     preferred order, and (c) the preferred order for all. (b) and (c) are what a forced form or `--form
     preferred` would ship. Kept only where the per-layer timings come within WHOLE_MODEL_MARGIN of the choice's,
-    a form that failed on this runtime for some layer never, and no assignment twice."""
+    a form that failed on this runtime for some layer never, and no assignment twice. Planned, not built."""
     entries = {t.__name__: e for t, e in registered_layers().items()}
     snapshot = list(timer.choices)
     timed = {c["name"]: c["timings_ms"] for c in snapshot}
@@ -313,14 +330,20 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
     seen, out = {assignment(records)}, {}
 
     def add(label: str, forced: dict[str, str], timed_per_layer: bool) -> None:
+        ranker = timer if timed_per_layer else None
         try:
-            deployed, recs = convert(model, target, forced, dynamic_batch, strict, ranker=timer if timed_per_layer else None)
+            recs = plan(model, target, forced, dynamic_batch, strict, ranker)
         except BadInput:  # the form is not exact (or not usable) for some layer of this model
             return
         key = assignment(recs)
         if key not in seen and _layer_total(recs, timed) <= limit:
             seen.add(key)
-            out[label] = (deployed, recs)
+
+            def build() -> tuple[nn.Module, list[LayerRecord]]:
+                deployed, built = convert(model, target, forced, dynamic_batch, strict, ranker=_Replay(recs))
+                assert assignment(built) == key, "a candidate built differently from its plan"
+                return deployed, built
+            out[label] = Candidate(recs, build)
 
     try:
         for typ in sorted(chosen - set(forms)):
@@ -335,3 +358,14 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
     finally:
         timer.choices[:] = snapshot  # the alternatives' lookups are not choices
     return out
+
+
+class _Replay:
+    """A ranker that repeats a plan's choices (building a planned candidate times nothing again)."""
+
+    def __init__(self, records: list[LayerRecord]):
+        self.forms = {r.name: r.form for r in records}
+
+    def __call__(self, name: str, ref: nn.Module, forms: list[Form]) -> list[Form]:
+        want = self.forms.get(name)
+        return sorted(forms, key=lambda f: f.name != want)

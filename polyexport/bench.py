@@ -74,20 +74,22 @@ def median(values: list[float]) -> float:
 
 
 def race(fns: dict[str, Callable[[], object]], *, repeats: int = 5, drop_above: float = 1.3, min_rounds: int = 2,
-         on_drop: Callable[[str], None] | None = None, **kw) -> dict[str, float]:
+         drop_at_once: float = 2.0, on_drop: Callable[[str], None] | None = None, **kw) -> dict[str, float]:
     """Interleaved repeats (as `interleaved`) that stop timing an alternative once it is clearly slower: after
     `min_rounds`, one whose median so far is above `drop_above` × the best's leaves the race (`on_drop(name)`,
-    e.g. to free its session), and the race ends when one is left. Returns each one's median p50 (ms) over
-    the rounds it ran. A choice needs the winner, not the losers' exact times: a form 3× slower is known
-    after two rounds, and a close pair still gets every repeat."""
+    e.g. to free its session), and the race ends when one is left; one above `drop_at_once` × the best's
+    leaves after the first round already. Returns each one's median p50 (ms) over the rounds it ran. A choice
+    needs the winner, not the losers' exact times: a form 3× slower is known after one round (the noise
+    between two rounds here stays well under 2×), and a close pair still gets every repeat."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     alive = list(fns)
     for round_ in range(repeats):
         for k in alive:
             per[k].append(measure(fns[k], **kw).p50)
-        if round_ + 1 >= min_rounds and len(alive) > 1:
+        if len(alive) > 1:
             best = min(statistics.median(per[k]) for k in alive)
-            for k in [k for k in alive if statistics.median(per[k]) > drop_above * best]:
+            limit = (drop_above if round_ + 1 >= min_rounds else drop_at_once) * best
+            for k in [k for k in alive if statistics.median(per[k]) > limit]:
                 alive.remove(k)
                 if on_drop:
                     on_drop(k)

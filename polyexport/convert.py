@@ -84,8 +84,9 @@ class LayerRecord:
 
 
 def assignment(records: list[LayerRecord]) -> tuple[tuple[str, str], ...]:
-    """Which form each converted layer got: two deployments of a model with the same assignment are the same graph."""
-    return tuple((r.name, r.form) for r in records)
+    """Which form each converted layer got: two deployments of a model with the same assignment are the same graph
+    (what is folded or absorbed follows from the forms, so a plan's records and a conversion's compare equal)."""
+    return tuple((r.name, r.form) for r in records if r.form not in ("folded", "absorbed"))
 
 
 _LAYERS: dict[type, LayerEntry] = {}
@@ -221,12 +222,13 @@ def _adapt(module: nn.Module) -> tuple[nn.Module, str] | None:
 
 
 def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
-                dynamic_batch: bool = False, strict: bool = False, ranker: Ranker | None = None) -> tuple[nn.Module, list[LayerRecord]]:
+                dynamic_batch: bool = False, strict: bool = False, ranker: Ranker | None = None,
+                build: bool = True) -> tuple[nn.Module, list[LayerRecord]]:
     """Replace every registered (or adaptable) layer by its chosen deploy form, in place.
 
     The deploy module takes the replaced one's plain attributes and hooks, under every name the
     replaced one had (modules.replace_module). Returns the model (a new module where the model itself
-    is a known layer) and the records.
+    is a known layer) and the records. With build=False only the choice is made (see `plan`).
     """
     _load_plugins()
     forms = forms or {}
@@ -251,6 +253,11 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
         if form is None:
             records.append(LayerRecord(name, type(module).__name__, "reference", "; ".join(x for x in (note, why) if x)))
             if not name:  # the model is itself the layer, kept whole
+                return model, records
+            continue
+        if not build:
+            records.append(LayerRecord(name, type(module).__name__, form.name, note))
+            if not name:
                 return model, records
             continue
         with torch.no_grad():
@@ -384,6 +391,13 @@ def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] |
     if fold_bn:
         records += fold_batchnorm(deployed)
     return deployed, records
+
+
+def plan(model: nn.Module, target: str | None = None, forms: dict[str, str] | None = None,
+         dynamic_batch: bool = False, strict: bool = False, ranker: Ranker | None = None) -> list[LayerRecord]:
+    """The forms `convert` would choose, without building anything (the model is not touched): what the
+    whole-model check compares before it pays for building the candidates it has to time."""
+    return swap_layers(set_eval(structural_copy(model)), target, forms, dynamic_batch, strict, ranker, build=False)[1]
 
 
 def forms_of(ref_type: type) -> dict[str, Form]:

@@ -103,7 +103,7 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
     ranker = form_timer(model, [x.numpy()], ExportOptions(target="onnxruntime", threads=1, form_choice="auto"))
     _, records = convert(model, "onnxruntime", ranker=ranker)
     alternatives = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
-    timed = [assignment(records)] + [assignment(recs) for _, recs in alternatives.values()]
+    timed = [assignment(records)] + [assignment(c.records) for c in alternatives.values()]
     assert len(set(timed)) == len(timed), "an assignment timed twice"
     assert len(ranker.choices) == 2  # the alternatives' lookups are not reported as choices
     per_layer = {c["name"]: c["timings_ms"] for c in ranker.choices}
