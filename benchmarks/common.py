@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from polyexport.export import export_onnx, flatten_outputs  # noqa: E402
+from polyexport.exporter import export_onnx, flatten_outputs  # noqa: E402
 from polyexport.runtimes import RunnerOptions, installed, make_runner  # noqa: E402
 
 

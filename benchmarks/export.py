@@ -1,4 +1,4 @@
-"""Which exporter and which simplifier: measured, not assumed (feeds the defaults in polyexport/export).
+"""Which exporter and which simplifier: measured, not assumed (feeds the defaults in polyexport/exporter).
 
 For each zoo model: torch.onnx's TorchScript exporter vs its dynamo exporter, then onnxsim vs
 onnxslim vs nothing on the TorchScript graph: export time, node count, ONNX Runtime latency.
@@ -22,7 +22,7 @@ from common import machine, md_table, n_outputs, write_outputs  # noqa: E402
 
 from polyexport import deploy, zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
-from polyexport.export import export_onnx  # noqa: E402
+from polyexport.exporter import export_onnx  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
 
 VARIANTS = [("torchscript", "onnxsim"), ("torchscript", "onnxslim"), ("torchscript", "none"), ("dynamo", "onnxsim"), ("dynamo", "none")]

@@ -33,7 +33,7 @@ from common import load_runner, machine, md_table, runtimes_here, write_outputs 
 from polyexport import zoo  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.convert import registered_layers  # noqa: E402
-from polyexport.export import export_onnx  # noqa: E402
+from polyexport.exporter import export_onnx  # noqa: E402
 from polyexport.layers.condinst import CondInstMaskHead, aligned_bilinear, compute_locations, split_params  # noqa: E402
 from polyexport.layers.dyco3d import DyCo3DMaskHead  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402

@@ -45,7 +45,7 @@ from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
-from polyexport.export import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
+from polyexport.exporter import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
 from polyexport.parity import compare  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402

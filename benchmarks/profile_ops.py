@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import machine, md_table, n_outputs, runtimes_here  # noqa: E402
 
-from polyexport.export import export_onnx  # noqa: E402
+from polyexport.exporter import export_onnx  # noqa: E402
 
 
 @dataclass

@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-        globals()[name] = value  # shadows the `export` subpackage attribute with the function, once
+        globals()[name] = value
         return value
     raise AttributeError(f"module 'polyexport' has no attribute {name!r}")
 

@@ -33,8 +33,8 @@ from torch import nn
 from .bench import race
 from .errors import BadInput
 from .convert import Form, LayerRecord, assignment, convert, is_known_layer, plan, registered_layers
-from .export import export_onnx, flatten_outputs
-from .export.fp16 import graph_for
+from .exporter import export_onnx, flatten_outputs
+from .exporter.fp16 import graph_for
 from .modules import set_eval
 from .parity import Tolerance, judge
 from .runs import run_graph

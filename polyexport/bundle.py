@@ -28,7 +28,7 @@ import numpy as np
 
 from .bench import measure
 from .errors import BadInput
-from .export.fp16 import graph_for
+from .exporter.fp16 import graph_for
 from .parity import check_runner
 from .runtimes import RunnerOptions, make_runner
 

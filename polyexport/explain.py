@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .convert import LayerRecord
-from .export import export_onnx, flatten_outputs
+from .exporter import export_onnx, flatten_outputs
 from .noise_floor import float64_twin
 from .scopes import module_of_node
 from .parity import compare
@@ -214,7 +214,7 @@ class Localiser:
         return entry
 
     def _run(self, stage: str, path: str, feeds: dict, options) -> list[np.ndarray]:
-        from .export.fp16 import graph_for
+        from .exporter.fp16 import graph_for
         from .runtimes import RunnerOptions, make_runner
         from .runtimes.onnxruntime import OnnxRuntimeRunner
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import flatten_outputs
+from .exporter import flatten_outputs
 from .modules import set_eval, structural_copy
 
 

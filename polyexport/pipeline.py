@@ -25,8 +25,8 @@ from .bench import LatencyStats, measure
 from .convert import TARGETS
 from .errors import BadInput
 from .explain import Localiser, explain_runtime_error, module_kinds
-from .export import ExportInfo, export_onnx, flatten_outputs, output_names
-from .export.fp16 import graph_for
+from .exporter import ExportInfo, export_onnx, flatten_outputs, output_names
+from .exporter.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .modules import set_eval
 from .noise_floor import NoiseFloor, measure_noise_floor

@@ -2,7 +2,7 @@
 
 Which precision ran is read back from the runner (OpenVINO's CPU plugin, asked for f16, runs bf16
 where the CPU has bf16 but no fp16 units), and the tolerance follows what ran, not what was asked.
-The fp16 graph itself is made by the export stage (export/fp16.py). Torch-free.
+The fp16 graph itself is made by the export stage (exporter/fp16.py). Torch-free.
 """
 from __future__ import annotations
 

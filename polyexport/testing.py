@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from .export import export_onnx, flatten_outputs
+from .exporter import export_onnx, flatten_outputs
 from .modules import set_eval
 from .parity import OutputDiff, compare
 from .runtimes import RunnerOptions, installed, make_runner

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from polyexport.convert import Form, convert, registered_layers
-from polyexport.export import flatten_outputs
+from polyexport.exporter import flatten_outputs
 from polyexport.layers.condconv import CondConv2d, pad_same
 from polyexport.layers.dcd import DYModule, conv_basic_dy, conv_dy
 from polyexport.layers.drconv import DRConv2d

@@ -9,7 +9,7 @@ import torch
 
 def test_export_api_works_after_the_export_stage_was_imported(tmp_path):
     code = f"""
-import polyexport.export.simplify, polyexport, torch, sys
+import polyexport.exporter.simplify, polyexport, torch, sys
 sys.path.insert(0, {str(__import__('os').path.join(__import__('os').path.dirname(__file__), 'userpkg'))!r})
 import usernets
 report = polyexport.export(usernets.build(), [torch.randn(1, 3, 16, 16)], target="onnxruntime", out={str(tmp_path / 'o')!r}, bench=False)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyexport.cli import main
-from polyexport.export import export_onnx
+from polyexport.exporter import export_onnx
 from polyexport.runtimes.tensorrt_lint import lint_tensorrt
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from polyexport.export import export_onnx
+from polyexport.exporter import export_onnx
 from polyexport.runtimes import RunnerOptions, make_runner
 from polyexport.testing import randomize_
 from polyexport.zoo import get

@@ -37,7 +37,7 @@ from polyexport import zoo
 from polyexport.convert import convert
 from polyexport.deploy_layers.dyco3d import to_deploy
 from polyexport.errors import BadInput
-from polyexport.export import export_onnx
+from polyexport.exporter import export_onnx
 from polyexport.layers.dyco3d import DyCo3DMaskHead
 from polyexport.runtimes.tensorrt_lint import lint_tensorrt
 from polyexport.testing import assert_equivalent, check_instance_counts, randomize_

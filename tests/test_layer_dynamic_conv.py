@@ -16,7 +16,7 @@ from polyexport.convert import convert, registered_layers
 from polyexport.deploy_layers.dynamic_conv import to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
-from polyexport.export import export_onnx
+from polyexport.exporter import export_onnx
 from polyexport.testing import assert_equivalent, check_on_runtimes, max_rel_err, randomize_
 from tests.foreign import dynamic_conv as upstream
 

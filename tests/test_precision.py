@@ -16,7 +16,7 @@ from polyexport.bundle import verify_bundle
 from polyexport.cli import main
 from polyexport.errors import BadInput
 from polyexport.parity import DEFAULT_RTOL, topk_agreement
-from polyexport.export.fp16 import convert_fp16
+from polyexport.exporter.fp16 import convert_fp16
 from polyexport.precision import TOLERANCES, normalize
 from polyexport.scopes import module_of_node, nodes_of, scope_path
 from polyexport.runtimes import installed

@@ -22,7 +22,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the device side by design; the run below adds whatever else it actually loads
 DEVICE_MODULES = ["__init__", "errors", "bundle", "parity", "precision", "bench", "trtexec", "scopes", "targets", "runs",
-                  "export/__init__", "export/fp16", "runtimes/__init__", "runtimes/base", "runtimes/onnxruntime",
+                  "exporter/__init__", "exporter/fp16", "runtimes/__init__", "runtimes/base", "runtimes/onnxruntime",
                   "runtimes/openvino", "runtimes/tensorrt", "runtimes/tensorrt_lint", "cli"]
 #: functions of device-side files that only the workstation runs (`polyexport MODEL …` needs torch and Python 3.10)
 WORKSTATION_ONLY = {"polyexport/cli.py": ("build_parser", "run", "_print_summary", "layers_main")}

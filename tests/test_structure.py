@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,10 +71,31 @@ def test_no_import_cycle():
 def test_runtimes_know_nothing_of_export_or_precision_policy(module):
     graph = import_graph()
     name = f"polyexport.runtimes.{module[:-3]}".removesuffix(".__init__")
-    forbidden = {d for d in graph[name] if d.startswith(("polyexport.export", "polyexport.precision", "polyexport.pipeline",
+    forbidden = {d for d in graph[name] if d.startswith(("polyexport.exporter", "polyexport.precision", "polyexport.pipeline",
                                                            "polyexport.convert", "polyexport.autoform"))}
     source = (PKG / "runtimes" / module).read_text()
-    assert not forbidden and "precision import" not in source and ".export import" not in source.replace("torch_runner", ""), forbidden
+    assert not forbidden and "precision import" not in source and ".exporter import" not in source and ".exporter." not in source, forbidden
+
+
+@pytest.mark.parametrize("first", ["polyexport.exporter", "polyexport.pipeline"])
+def test_the_export_api_is_the_pipelines_function_whichever_is_imported_first(first):
+    """`polyexport.exporter` (the stage) and `polyexport.export` (the API) no longer share a name: importing the
+    subpackage, before or after the pipeline, leaves `polyexport.export` the pipeline's function."""
+    other = "polyexport.pipeline" if first == "polyexport.exporter" else "polyexport.exporter"
+    code = f"""
+import importlib, types
+import {first}
+import polyexport
+import {other}
+import polyexport.exporter.fp16
+import polyexport.pipeline as pipeline
+assert polyexport.export is pipeline.export, polyexport.export
+assert isinstance(polyexport.exporter, types.ModuleType) and not callable(polyexport.exporter)
+assert polyexport.export is importlib.import_module("polyexport").export
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_report_counts_converted_kept_folded_and_absorbed_apart():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from polyexport.export import export_onnx
+from polyexport.exporter import export_onnx
 from polyexport.runtimes import RunnerOptions, make_runner
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import polyexport
 from polyexport import zoo
 from polyexport.convert import registered_layers
-from polyexport.export import flatten_outputs
+from polyexport.exporter import flatten_outputs
 
 #: default allowed relative difference to the paper's figures: parameters must match closely (same
 #: architecture); FLOPs conventions differ (papers count multiply-adds, often without the classifier,

@@ -1,4 +1,4 @@
-"""ONNX Runtime: CPU execution provider (fp16: it is given the fp16 graph, export/fp16.py; the CPU provider
+"""ONNX Runtime: CPU execution provider (fp16: it is given the fp16 graph, exporter/fp16.py; the CPU provider
 runs most fp16 nodes through fp32 kernels between Casts it inserts, so on a CPU fp16 means fp16 weights and
 rounding, not speed: the GPU providers are where it pays); CUDA (`--device cuda`, TF32 off for fp32 parity) or TensorRT
 (`--device tensorrt`, engine and timing caches beside the artifacts) where onnxruntime-gpu has them.
@@ -73,7 +73,7 @@ class OnnxRuntimeRunner(Runner):
             "providers": self.session.get_providers() if self.session else [],
             "threads": so.intra_op_num_threads if so else self.options.resolved_threads(),
             "graph_optimization": "all" if self.optimize else "disabled",
-            "precision": "fp16" if self.options.fp16 else "fp32",  # fp16: the graph it was given is the fp16 one (export/fp16.py)
+            "precision": "fp16" if self.options.fp16 else "fp32",  # fp16: the graph it was given is the fp16 one (exporter/fp16.py)
         }
 
     def close(self) -> None:

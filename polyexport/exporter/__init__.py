@@ -19,18 +19,3 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-class _CallableModule(__import__("types").ModuleType):
-    """DESIGN.md fixes both `polyexport/export/` (this stage) and the API `polyexport.export(...)`.
-
-    Whichever is imported first owns the attribute `polyexport.export`; calling this module
-    forwards to the pipeline, so the API works in either order.
-    """
-
-    def __call__(self, *args, **kwargs):
-        from ..pipeline import export
-
-        return export(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
