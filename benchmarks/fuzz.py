@@ -48,6 +48,8 @@ class LayerTally:
     folds: int = 0
     worst: float = 0.0
     mismatches: list[dict] = field(default_factory=list)
+    #: a runtime wrong on a graph that PyTorch and another runtime get right (tests/layer_configs.FormCheck)
+    runtime_defects: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -55,6 +57,7 @@ class LayerTally:
                 "declined": dict(self.declined), "torch_checks": self.torch_checks,
                 "runtime_checks": dict(self.runtime_checks), "unjudged": dict(self.unjudged),
                 "folds": self.folds, "worst_error": self.worst, "mismatches": self.mismatches,
+                "runtime_defects": self.runtime_defects,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -86,6 +89,9 @@ def fuzz_layer(layer_type: type, configs: int, seed_value: int, runtimes: list[s
                 tally.unjudged[f"{rt}: {why}"] += 1
             if result.torch_error is not None:
                 tally.worst = max(tally.worst, result.torch_error)
+            for rt, what in result.runtime_defects.items():
+                tally.runtime_checks[rt] += 1
+                tally.runtime_defects.append({"form": form.name, "config": case.label, "runtime": rt, "what": what})
             problems = result.mismatches(RTOL)
             if problems:
                 tally.mismatches.append({"form": form.name, "config": case.label, "problems": problems})
@@ -107,19 +113,30 @@ def _reasons_text(reasons: Counter) -> str:
 def table(tallies: list[LayerTally], runtimes: list[str]) -> str:
     header = (["layer", "configs drawn", "form checks accepted by exact_for", "declined (reasons)", "PyTorch checks"]
               + [f"{RUNTIME_NAMES.get(rt, rt)} checks" for rt in runtimes]
-              + ["not judged on a runtime (why)", "mismatches", "worst error / scale"])
+              + ["not judged on a runtime (why)", "mismatches", "runtime defects", "worst error / scale"])
     rows = []
     for t in tallies:
         rows.append([t.layer, str(t.configs), str(t.accepted), _reasons_text(t.declined), str(t.torch_checks)]
                     + [str(t.runtime_checks[rt]) for rt in runtimes]
-                    + [_reasons_text(t.unjudged), str(len(t.mismatches)), f"{t.worst:.2g}"])
+                    + [_reasons_text(t.unjudged), str(len(t.mismatches)), str(len(t.runtime_defects)), f"{t.worst:.2g}"])
     total = lambda f: sum(f(t) for t in tallies)  # noqa: E731
     rows.append(["**total**", str(total(lambda t: t.configs)), str(total(lambda t: t.accepted)),
                  str(total(lambda t: sum(t.declined.values()))), str(total(lambda t: t.torch_checks))]
                 + [str(total(lambda t, rt=rt: t.runtime_checks[rt])) for rt in runtimes]
                 + [str(total(lambda t: sum(t.unjudged.values()))), str(total(lambda t: len(t.mismatches))),
+                   str(total(lambda t: len(t.runtime_defects))),
                    f"{max((t.worst for t in tallies), default=0.0):.2g}"])
     return md_table(header, rows)
+
+
+def defects_text(tallies: list[LayerTally]) -> str:
+    """Every runtime defect in full: each is a finding to triage (docs/results.md), never a count alone."""
+    found = [(t.layer, d) for t in tallies for d in t.runtime_defects]
+    if not found:
+        return ""
+    lines = ["", "", "Runtime defects (the form exact in PyTorch and the same graph exact on another runtime):", ""]
+    lines += [f"- {layer}, form `{d['form']}`, {d['config']}: {d['what']}" for layer, d in found]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -149,13 +166,16 @@ def main() -> None:
               f"({tally.seconds:.0f} s)", flush=True)
         for m in tally.mismatches[:5]:
             print(f"  MISMATCH {m['form']} on {m['config']}: {'; '.join(m['problems'])}", flush=True)
-    text = table(tallies, runtimes)
+        for d in tally.runtime_defects[:5]:
+            print(f"  RUNTIME DEFECT {d['form']} on {d['config']}: {d['what']}", flush=True)
+    text = table(tallies, runtimes) + defects_text(tallies)
     print(text)
     runtime_total = sum(t.runtime_checks[rt] for t in tallies for rt in runtimes)
     summary = (f"{sum(t.configs for t in tallies)} configurations of {len(tallies)} layer types (seed {args.seed}, "
                f"{args.configs} per type), {runtime_total} runtime checks "
                f"({', '.join(f'{RUNTIME_NAMES.get(rt, rt)} {sum(t.runtime_checks[rt] for t in tallies)}' for rt in runtimes)}), "
-               f"{sum(len(t.mismatches) for t in tallies)} mismatches at rtol {RTOL:g} of the output's scale; "
+               f"{sum(len(t.mismatches) for t in tallies)} mismatches at rtol {RTOL:g} of the output's scale, "
+               f"{sum(len(t.runtime_defects) for t in tallies)} runtime defects; "
                f"{time.perf_counter() - start:.0f} s.")
     print(summary)
     try:
