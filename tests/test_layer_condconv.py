@@ -11,16 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from polyexport.convert import convert
-from polyexport.deploy_layers.condconv import to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.condconv import CondConv2d, CondConvResidual, SqueezeExcite
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import condconv as timm
 from tests.test_layer_dynamic_conv import check_static_batch
 
-FORMS = ("bank_grouped", "bank_batched", "bank_batched_blocked", "expert_convs", "sample_conv", "sample_conv_blocked",
-         "output_aggregation")
+FORMS = tuple(forms_of(CondConv2d))
 #: proven side by side in one graph per configuration (see test_dynamic_batch_forms_on_runtimes for why
 #: sample_conv_blocked has its own graph)
 DYNAMIC_FORMS = ("bank_batched", "bank_batched_blocked", "expert_convs", "sample_conv", "output_aggregation")

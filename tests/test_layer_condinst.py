@@ -34,8 +34,8 @@ import pytest
 import torch
 
 from polyexport import zoo
-from polyexport.convert import convert
-from polyexport.deploy_layers.condinst import aligned_bilinear_matrix, to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
+from polyexport.deploy_layers.condinst import aligned_bilinear_matrix
 from polyexport.errors import BadInput
 from polyexport.exporter import export_onnx
 from polyexport.layers.condinst import CondInstMaskHead, aligned_bilinear
@@ -43,7 +43,7 @@ from polyexport.runtimes.tensorrt_lint import lint_tensorrt
 from polyexport.testing import assert_equivalent, check_instance_counts
 from tests.foreign import condinst as upstream
 
-FORMS = ("batched_matmul", "batched_resize")
+FORMS = tuple(forms_of(CondInstMaskHead))
 NAMES = ["mask_feats", "mask_head_params", "locations", "fpn_levels", "im_inds"]
 INSTANCE_AXES = {**{n: {0: "instances"} for n in NAMES[1:]}, "output": {0: "instances"}}
 

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert
-from polyexport.deploy_layers.dcd import adaptive_pool_matrix, aggregated_exact_for, to_deploy
+from polyexport.convert import convert, to_deploy
+from polyexport.deploy_layers.dcd import adaptive_pool_matrix, aggregated_exact_for
+from polyexport.errors import BadInput
 from polyexport.layers import dcd
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import dcd as official
@@ -68,7 +69,7 @@ def test_decomposed_equals_reference(make, hw, batch):
     if batch > 1:
         scale_spread, phi_spread = dynamic_spread(ref, x)
         assert scale_spread > 0.1 and phi_spread > 0.1, "dynamic part too flat to test anything"
-    deployed = to_deploy(ref)
+    deployed = to_deploy(ref, "decomposed")
     assert_equivalent(ref, deployed, x)
     bn = randomize_(nn.BatchNorm2d(ref.conv.out_channels), seed=7)
     assert_equivalent(nn.Sequential(ref, bn).eval(), deployed.fuse_bn(bn), x)
@@ -92,7 +93,7 @@ def test_aggregated_equals_reference(make, hw):
 def test_aggregated_declines_kxk():
     assert "1×1" in aggregated_exact_for(dcd.conv_basic_dy(8, 8, 1))
     assert aggregated_exact_for(dcd.DYModule(16, 96)) is None
-    with pytest.raises(ValueError, match="1×1"):
+    with pytest.raises(BadInput, match="1×1"):
         to_deploy(dcd.conv_dy(16, 16, 3, 1, 1), "aggregated")
 
 
@@ -117,7 +118,7 @@ def test_ignoring_the_dynamic_part_would_fail():
     x = torch.randn(4, 16, 8, 8) + torch.randn(4, 16, 1, 1)
     with torch.no_grad():
         want = ref(x)
-        d = to_deploy(ref)
+        d = to_deploy(ref, "decomposed")
         d.fc_phi.weight.zero_()  # Φ' = I: the shortcut alone
         assert (d(x) - want).abs().max() > 1e-2 * want.abs().max()
 
@@ -153,7 +154,7 @@ def test_runtimes_dynamic_batch(make, hw):
     shape = (1, in_channels(ref), *hw)
     x8 = torch.from_numpy(np.random.default_rng(1).standard_normal((8, *shape[1:]), dtype=np.float32))
     assert min(dynamic_spread(ref, x8)) > 0.05, "dynamic part too flat on the runtime inputs"
-    check_on_runtimes(ref, to_deploy(ref), [shape], batches=(1, 2, 8), onnx_check=_onnx_structure(3))
+    check_on_runtimes(ref, to_deploy(ref, "decomposed"), [shape], batches=(1, 2, 8), onnx_check=_onnx_structure(3))
 
 
 def test_deploy_swaps_and_folds_bn():

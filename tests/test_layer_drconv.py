@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert
-from polyexport.deploy_layers.drconv import FORMS, to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.drconv import DRConv2d, asign_index, xcorr
 from polyexport.runtimes import installed
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import drconv as upstream
+
+FORMS = tuple(forms_of(DRConv2d))
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ from torch import nn
 from polyexport import zoo
 from polyexport.adapters import drconv as shallowtoil_adapter
 from polyexport.adapters import drconv_megvii as adapter
-from polyexport.convert import convert
-from polyexport.deploy_layers.drconv_megvii import FORMS, nearest_indices, resize_mask, to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
+from polyexport.deploy_layers.drconv_megvii import nearest_indices, resize_mask
 from polyexport.errors import BadInput
 from polyexport.layers.drconv import DRConv2d
 from polyexport.layers.drconv_megvii import DRConv, deformable_matmul
@@ -26,6 +26,8 @@ from polyexport.runtimes import installed
 from polyexport.testing import assert_equivalent, check_on_runtimes, max_rel_err, randomize_
 from polyexport.zoo.shufflenetv2 import conv_bn_relu
 from tests.foreign import drconv_megvii as upstream
+
+FORMS = tuple(forms_of(DRConv))
 
 
 @pytest.fixture(autouse=True)
@@ -171,7 +173,7 @@ def test_prescaled_declines_kxk_with_a_reason():
     ref = _layer(CONFIGS[2], seed=3)
     for cfg in CONFIGS:
         if cfg[2] != 1:
-            with pytest.raises(ValueError, match="1×1 kernels only"):
+            with pytest.raises(BadInput, match="1×1 kernels only"):
                 to_deploy(_layer(cfg, seed=3), "prescaled")
     deployed, records = convert(WithBN(ref, randomize_(nn.BatchNorm2d(10), 1)), forms=None)
     assert records[0].form in ("basis", "candidates")

@@ -34,8 +34,7 @@ import pytest
 import torch
 
 from polyexport import zoo
-from polyexport.convert import convert
-from polyexport.deploy_layers.dyco3d import to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
 from polyexport.errors import BadInput
 from polyexport.exporter import export_onnx
 from polyexport.layers.dyco3d import DyCo3DMaskHead
@@ -43,7 +42,7 @@ from polyexport.runtimes.tensorrt_lint import lint_tensorrt
 from polyexport.testing import assert_equivalent, check_instance_counts, randomize_
 from tests.foreign import dyco3d as upstream
 
-FORMS = ("batched_matmul", "bias_in_matmul")
+FORMS = tuple(forms_of(DyCo3DMaskHead))
 NAMES = ["mask_features", "params", "centres", "coords"]
 AXES = {"mask_features": {0: "points"}, "coords": {0: "points"}, "params": {0: "instances"}, "centres": {0: "instances"},
         "output": {0: "instances", 1: "points"}}

@@ -12,16 +12,14 @@ import torch
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert, registered_layers
-from polyexport.deploy_layers.dynamic_conv import to_deploy
+from polyexport.convert import convert, forms_of, registered_layers, to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
 from polyexport.exporter import export_onnx
 from polyexport.testing import assert_equivalent, check_on_runtimes, max_rel_err, randomize_
 from tests.foreign import dynamic_conv as upstream
 
-BANK_FORMS = ("bank_grouped", "bank_batched", "bank_batched_blocked", "expert_convs", "sample_conv", "sample_conv_blocked",
-              "output_aggregation")
+BANK_FORMS = tuple(f for f in forms_of(Dynamic_conv2d) if f != "static")
 
 # (in, out, kernel, stride, padding, dilation, groups, bias, H, W, batch)
 CONFIGS = [
@@ -88,7 +86,7 @@ def test_static_form_exact_only_for_constant_attention():
     static = registered_layers()[Dynamic_conv2d].forms["static"]
     ref = peaked(cfg)
     assert "depends on the input" in static.exact_for(ref)
-    with pytest.raises(ValueError):
+    with pytest.raises(BadInput, match="depends on the input"):
         to_deploy(ref, "static")
     x = torch.randn(4, 8, 10, 10)
     zero_fc2 = peaked(cfg)

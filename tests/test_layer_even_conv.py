@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert, registered_layers
-from polyexport.deploy_layers.even_conv import split_unfit, to_deploy
+from polyexport.convert import convert, forms_of, registered_layers, to_deploy
+from polyexport.deploy_layers.even_conv import split_unfit
 from polyexport.errors import BadInput
 from polyexport.layers.even_conv import C2sp, C4sp, SymmetricPadConv2d
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign.even_conv import Spconv2d
 
-FORMS = ["single", "split", "padcat"]
+FORMS = list(forms_of(SymmetricPadConv2d))
 
 # (in, out, kernel, stride, groups, bias): remainders of c/4, stride 2, C4sp, depthwise, grouped
 CONFIGS = [

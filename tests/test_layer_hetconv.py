@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert
-from polyexport.deploy_layers.hetconv import dense_weight, to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
+from polyexport.deploy_layers.hetconv import dense_weight
 from polyexport.layers.hetconv import HetConv, ShiftedHetConv
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign.hetconv import (
@@ -23,7 +23,7 @@ from tests.foreign.hetconv import (
 )
 from tests.foreign.hetconv import HetConv as IrvinxavHetConv
 
-FORMS = ["grouped_plus_pointwise", "dense"]
+FORMS = list(forms_of(HetConv))  # ShiftedHetConv registers the same two
 
 # (in, out, p, kernel, stride, dilation, bias): P in {2, 4, 8, in}, in != out, stride 2, K=5, dilation
 CONFIGS = [

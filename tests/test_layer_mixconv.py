@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import polyexport
-from polyexport.convert import convert
-from polyexport.deploy_layers.mixconv import ALIGN, MixSplit, aligned_unfit, single_unfit, to_deploy
+from polyexport.convert import convert, forms_of, to_deploy
+from polyexport.deploy_layers.mixconv import ALIGN, MixSplit, aligned_unfit, single_unfit
 from polyexport.errors import BadInput
 from polyexport.layers.mixconv import Conv2dSame, MixedConv2d
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import mixconv as timm_mix
 
-FORMS = ["single", "aligned", "split"]
+FORMS = list(forms_of(MixedConv2d))
 
 # (in, out, kernels, stride, padding, dilation, depthwise, bias)
 CONFIGS = {
@@ -109,7 +109,7 @@ def test_form_equals_reference(name, form):
     ref = _ref(name)
     fits = {"split": True, "single": name not in UNFIT, "aligned": _expected_form(name) == "aligned"}
     if not fits[form]:
-        with pytest.raises(ValueError):
+        with pytest.raises(BadInput, match=f"'{form}' is not exact"):
             to_deploy(ref, form)
         return
     dep = to_deploy(ref, form)

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 from polyexport import deploy
-from polyexport.convert import convert, registered_layers
-from polyexport.deploy_layers.octconv import FORMS, OctaveConvDeploy, to_deploy
+from polyexport.convert import convert, forms_of, registered_layers, to_deploy
+from polyexport.deploy_layers.octconv import OctaveConvDeploy
 from polyexport.errors import BadInput
 from polyexport.layers.octconv import Conv_BN, Conv_BN_ACT, OctaveConv
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import octconv as foreign
+
+FORMS = tuple(forms_of(OctaveConv))  # Conv_BN and Conv_BN_ACT register the same four
 
 DEFAULT = registered_layers()[OctaveConv].candidates(None)[0].name
 
@@ -148,7 +150,10 @@ def test_alpha_one_cannot_run_and_has_no_form(alpha_in, alpha_out):
     ref = OctaveConv(16, 16, 3, alpha_in, alpha_out, padding=1)
     with pytest.raises(TypeError):
         ref((torch.randn(1, 16 - int(16 * alpha_in), 4, 4), torch.randn(1, int(16 * alpha_in), 2, 2)))
-    with pytest.raises(ValueError):
+    for form in FORMS:
+        with pytest.raises(BadInput, match="no conv_h2h"):
+            to_deploy(ref, form)
+    with pytest.raises(BadInput, match="no form of OctaveConv is exact"):
         to_deploy(ref)
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from polyexport.convert import convert
-from polyexport.deploy_layers.rel_attention import RelPosAttentionFolded, to_deploy
+from polyexport.convert import convert, to_deploy
+from polyexport.deploy_layers.rel_attention import RelPosAttentionFolded
 from polyexport.layers.rel_attention import RelPosAttention, relative_position_index
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 
@@ -49,7 +49,7 @@ def test_state_dict_names_as_timm():
 def test_folded_bias_exact_in_torch(cfg):
     dim, dim_out, dim_head, grid = cfg
     ref = lively(RelPosAttention(dim, dim_out, dim_head, window_size=grid))
-    dep = to_deploy(ref)
+    dep = to_deploy(ref, "folded_bias")
     assert isinstance(dep, RelPosAttentionFolded)
     for b in (1, 3):
         assert_equivalent(ref, dep, torch.randn(b, dim, *grid))
@@ -78,7 +78,7 @@ def _no_table_gather(path: str) -> None:
 def test_folded_bias_on_runtimes_dynamic_batch(cfg, tmp_path):
     dim, dim_out, dim_head, grid = cfg
     ref = lively(RelPosAttention(dim, dim_out, dim_head, window_size=grid))
-    checks = check_on_runtimes(ref, to_deploy(ref), [(2, dim, *grid)], batches=(1, 4), onnx_check=_no_table_gather,
+    checks = check_on_runtimes(ref, to_deploy(ref, "folded_bias"), [(2, dim, *grid)], batches=(1, 4), onnx_check=_no_table_gather,
                                workdir=str(tmp_path))
     assert checks, "no runtime installed"
 

@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 from polyexport import deploy
-from polyexport.convert import convert
+from polyexport.convert import convert, forms_of, to_deploy
 from polyexport.deploy_layers.conv_bn import fuse_conv_bn
-from polyexport.deploy_layers.spd_conv import SpaceToDepthConv, SpaceToDepthDeploy, onnx_space_to_depth, to_deploy
+from polyexport.deploy_layers.spd_conv import SpaceToDepthConv, SpaceToDepthDeploy, onnx_space_to_depth
 from polyexport.layers.mixconv import Conv2dSame, MixedConv2d
 from polyexport.layers.spd_conv import SPDConv, space_to_depth
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import spd_conv as foreign
 
-FORMS = ("space_to_depth_op", "strided_conv")
+FORMS = tuple(forms_of(space_to_depth))  # SPDConv registers the same two
 
 
 def _ops(path: str) -> Counter:

@@ -7,21 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyexport.deploy_layers.condconv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.condconv import CondConv2d
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "bank_grouped": "static batch, computed conv weights (not TensorRT); conv FLOPs + K·|W| mixing",
-    "bank_batched": "dynamic batch, constant conv weights; im2col conv + batched MatMul",
-    "bank_batched_blocked": "bank_batched ending in a unit depthwise 1×1 conv (OpenVINO's layout)",
-    "expert_convs": "dynamic batch, constant weights; K convs of the layer's shape, Mul/Add; K× FLOPs",
-    "sample_conv": "dynamic batch, computed conv weights; If batch 1: one Conv, else a Loop of it; conv FLOPs",
-    "sample_conv_blocked": "sample_conv ending in a unit depthwise 1×1 conv (OpenVINO's layout)",
-    "output_aggregation": "dynamic batch, constant weights; K× conv FLOPs",
-}
+NOTES = {name: form.note for name, form in forms_of(CondConv2d).items()}
 
 #: (in, out, kernel, groups, size): cc_efficientnet_b0's CondConv layers, and a dense 3×3
 SHAPES = [(112, 672, 1, 1, 14), (672, 672, 5, 672, 14), (672, 112, 1, 1, 14), (192, 1152, 1, 1, 7),

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.dcd import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.dcd import DYModule, conv_basic_dy, conv_dy
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {"decomposed": "dynamic batch, constant weights; static conv ⊙ channel scale + batched dim×dim MatMul, BN1d/BN2d folded",
-         "aggregated": "1×1 only; dynamic batch, no Conv: per-sample kernel Λ⊙W0 + PΦ'Q' and one batched MatMul"}
+NOTES = {name: form.note for name, form in forms_of(DYModule).items()}  # every DCD type registers the same two
 
 
 def cases() -> list[BenchCase]:
@@ -21,7 +20,7 @@ def cases() -> list[BenchCase]:
             ref = randomize_(ref)
             out.append(BenchCase(
                 layer=name, config=f"c{c} k3 s1 dim{ref.dim} @{hw}x{hw}", input_shape=(1, c, hw, hw), reference=ref,
-                forms={"decomposed": to_deploy(ref)}, yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+                forms={"decomposed": to_deploy(ref, "decomposed")}, yardstick=randomize_(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
                 notes=dict(NOTES),
             ))
     for cin, cout, hw in [(24, 144, 56), (576, 96, 14)]:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from polyexport.deploy_layers.drconv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.drconv import DRConv2d
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-NOTES = {
-    "unfold": "dynamic batch, constant conv weights; im2col slices + batched MatMul with generated kernels, ≈ m× conv FLOPs",
-    "basis": "dynamic batch, no run-time weights at all; constant 1×1 basis conv (m(m+1)/k² × conv FLOPs) + k² scaled shifts",
-    "grouped_conv": "static batch, run-time conv weights (upstream's batch-folded grouped conv)",
-}
+NOTES = {name: form.note for name, form in forms_of(DRConv2d).items()}
 
 
 def cases() -> list[BenchCase]:

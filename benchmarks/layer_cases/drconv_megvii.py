@@ -17,16 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyexport.deploy_layers.drconv_megvii import DRConvCandidates, exact_for_prescaled, to_deploy
+from polyexport.convert import forms_of, to_deploy
+from polyexport.deploy_layers.drconv_megvii import DRConvCandidates
 from polyexport.layers.drconv_megvii import DRConv
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
 NOTES = {
-    "basis": "dynamic batch, constant conv weights; one conv with num_W·out outputs + per-pixel mixing, ≈ num_W× conv FLOPs",
-    "candidates": "dynamic batch, constant conv weights; kernels = routing @ bank, im2col + batched MatMul (G candidates), one-hot",
-    "prescaled": "1×1 only; dynamic batch; input scaled per basis, one constant 1×1 conv over num_W·in, ≈ num_W× conv FLOPs",
+    **{name: form.note for name, form in forms_of(DRConv).items()},
     "region_sorted": "not registered (benchmark only): 1× conv FLOPs, per region NonZero → Gather → MatMul → scatter; batch 1",
 }
 
@@ -68,9 +67,9 @@ def cases() -> list[BenchCase]:
         with torch.no_grad():
             ref.routing_fc.weight.mul_(5.0)
         masknet = randomize_(nn.Conv2d(cin, ref.groups_num, 1, bias=False))
-        forms = {f: Guided(masknet, to_deploy(ref, f)) for f in ("basis", "candidates", "prescaled")
-                 if f != "prescaled" or exact_for_prescaled(ref) is None}
-        if exact_for_prescaled(ref) is None:
+        exact = [f for f, form in forms_of(DRConv).items() if form.exact_for(ref) is None]  # prescaled: 1×1 only
+        forms = {f: Guided(masknet, to_deploy(ref, f)) for f in exact}
+        if "prescaled" in exact:
             forms["region_sorted"] = Guided(masknet, RegionSorted(ref).eval())
         out.append(BenchCase(
             layer="DRConv", config=f"c{cin}→{cout} k{k} s{s} G8 W8 @{hw}x{hw}", input_shape=(1, cin, hw, hw),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyexport.deploy_layers.dynamic_conv import to_deploy
+from polyexport.convert import forms_of, to_deploy
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
 from polyexport.testing import randomize_
 
 from . import BenchCase
 
-from .condconv import NOTES
+#: the kernel-bank forms ("static" is exact only for an input-independent attention, not these layers)
+NOTES = {name: form.note for name, form in forms_of(Dynamic_conv2d).items() if name != "static"}
 
 #: (in, out, kernel, groups, size)
 SHAPES = [(64, 64, 3, 1, 56), (128, 128, 3, 1, 28), (256, 256, 3, 1, 14), (512, 512, 3, 1, 7),

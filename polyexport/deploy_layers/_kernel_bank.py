@@ -348,7 +348,8 @@ class Routed(nn.Module):
         return Routed(self.router, self.form.fuse_bn(bn))
 
 
-FORMS: dict[str, type[_BankForm]] = {
+#: the builder of each form (registered by bank_forms, with the _blocked variants): internal, not a list of forms
+_CLASSES: dict[str, type[_BankForm]] = {
     "bank_grouped": GroupedBank,
     "bank_batched": BatchedBank,
     "output_aggregation": OutputAggregation,
@@ -360,11 +361,11 @@ BLOCKED = ("bank_batched", "sample_conv")
 
 
 def build_form(bank: KernelBank, form: str) -> _BankForm:
-    """FORMS[form], or a BLOCKED one's "<name>_blocked" variant."""
+    """_CLASSES[form], or a BLOCKED one's "<name>_blocked" variant."""
     base = form.removesuffix("_blocked")
     if base != form and base in BLOCKED:
-        return FORMS[base](bank, blocked=True)
-    return FORMS[form](bank)
+        return _CLASSES[base](bank, blocked=True)
+    return _CLASSES[form](bank)
 
 
 _NOTES = {
@@ -378,10 +379,11 @@ _NOTES = {
 }
 
 
-def bank_forms(to_deploy: Callable[[nn.Module, str], nn.Module],
+def bank_forms(build: Callable[[nn.Module, str], nn.Module],
                exact_for: Callable[[nn.Module], str | None] = lambda ref: None) -> list[Form]:
-    """The Form entries of a kernel-bank layer (Dynamic_conv2d, CondConv2d), in registration order."""
-    return [Form(name, (lambda r, n=name: to_deploy(r, n)), dynamic_batch=dyn, constant_weights=const,
+    """The Form entries of a kernel-bank layer (Dynamic_conv2d, CondConv2d), in registration order: the one
+    list of the bank forms; build(ref, name) makes form `name` of the layer."""
+    return [Form(name, (lambda r, n=name: build(r, n)), dynamic_batch=dyn, constant_weights=const,
                  exact_for=exact_for, note=note) for name, (dyn, const, note) in _NOTES.items()]
 
 

@@ -21,9 +21,9 @@ def kernel_bank(ref: CondConv2d) -> KernelBank:
                       tuple(ref.dilation), ref.groups, same_pad=ref.dynamic_padding)
 
 
-def to_deploy(ref: CondConv2d, form: str = "bank_batched") -> nn.Module:
+def _build(ref: CondConv2d, form: str) -> nn.Module:
     """m(x, routing_weights) == ref(x, routing_weights); form: a name of _kernel_bank's forms (bank_forms)."""
     return build_form(kernel_bank(ref), form).eval()
 
 
-register_layer(CondConv2d, forms=bank_forms(to_deploy), prefer=lambda ref, target: preference(ref, target, static=False))
+register_layer(CondConv2d, forms=bank_forms(_build), prefer=lambda ref, target: preference(ref, target, static=False))

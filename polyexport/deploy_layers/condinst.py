@@ -102,21 +102,11 @@ class CondInstBatchedHead(CondInstInputChecks, nn.Module):
         return torch.matmul(up_h, torch.matmul(x, up_w))  # width first: one GEMM over n·H rows, fewer FLOPs
 
 
-FORMS = {"batched_matmul": "matmul", "batched_resize": "resize"}
-
-
-def to_deploy(ref: CondInstMaskHead, form: str = "batched_matmul") -> nn.Module:
-    """The deploy module for `ref`: "batched_matmul" or "batched_resize" (how the masks are upsampled)."""
-    if form not in FORMS:
-        raise ValueError(f"CondInstMaskHead has no form {form!r}; it has: {', '.join(FORMS)}")
-    return CondInstBatchedHead(ref, FORMS[form]).eval()
-
-
 register_layer(
     CondInstMaskHead,
-    forms=[Form("batched_matmul", lambda r: to_deploy(r, "batched_matmul"), dynamic_batch=True, constant_weights=True,
+    forms=[Form("batched_matmul", lambda r: CondInstBatchedHead(r, "matmul").eval(), dynamic_batch=True, constant_weights=True,
                 note="a batched MatMul per generated layer over (instances × pixels), upsampling by two constant matrices; any instance count, 0 included"),
-           Form("batched_resize", lambda r: to_deploy(r, "batched_resize"), dynamic_batch=True, constant_weights=True,
+           Form("batched_resize", lambda r: CondInstBatchedHead(r, "resize").eval(), dynamic_batch=True, constant_weights=True,
                 note="the same layers, upsampling by upstream's Pad/Resize/Pad/Slice; any instance count, 0 included")],
     prefer={"onnxruntime": ["batched_resize", "batched_matmul"], "*": ["batched_matmul", "batched_resize"]},
 )

@@ -18,8 +18,6 @@ from ..convert import Form, register_layer
 from ..layers.dcd import DCD_TYPES, Hsigmoid, _DCDBase
 from .conv_bn import bn_scale_shift, fuse_conv_bn
 
-FORMS = ("decomposed", "aggregated")
-
 
 def adaptive_pool_matrix(h: int, w: int, oh: int, ow: int) -> torch.Tensor:
     """(h·w, oh·ow) matrix M with x.flatten(2) @ M == adaptive_avg_pool2d(x, (oh, ow)).flatten(2).
@@ -173,22 +171,12 @@ class DCDAggregated(nn.Module):
         return new
 
 
-_BUILDERS = {"decomposed": DCDDecomposed, "aggregated": DCDAggregated}
-
-
-def to_deploy(ref: _DCDBase, form: str = "decomposed") -> nn.Module:
-    """The deploy form of a trained (eval-mode) DCD layer: "decomposed" or "aggregated" (1×1 static conv only)."""
-    if form not in _BUILDERS:
-        raise ValueError(f"unknown DCD form '{form}'; forms: {', '.join(FORMS)}")
-    return _BUILDERS[form](ref.eval()).eval()
-
-
 for _t in DCD_TYPES:
     register_layer(
         _t,
-        forms=[Form("decomposed", to_deploy, dynamic_batch=True, constant_weights=True,
+        forms=[Form("decomposed", DCDDecomposed, dynamic_batch=True, constant_weights=True,
                     note="static conv ⊙ channel scale + batched dim×dim MatMul; BN1d/BN2d folded"),
-               Form("aggregated", lambda r: to_deploy(r, "aggregated"), dynamic_batch=True, constant_weights=True,
+               Form("aggregated", DCDAggregated, dynamic_batch=True, constant_weights=True,
                     exact_for=aggregated_exact_for,
                     note="per-sample 1×1 kernel Λ⊙W0 + PΦ'Q' from one Gemm, applied by one batched MatMul; no Conv")],
         # measured (benchmarks/results/dynamic_kernels.md, dcd_mobilenetv2 whole, 1 thread): ONNX Runtime aggregated

@@ -32,7 +32,6 @@ from ..layers.drconv import DRConv2d
 from .conv_bn import ScaleThenBias
 from .dcd import adaptive_avg_pool
 
-FORMS = ("unfold", "basis", "grouped_conv")
 _CONV_KWARGS = {"stride", "padding", "dilation"}
 
 
@@ -165,27 +164,14 @@ class DRConvBasis(_DRConvDeploy):
             self.basis.weight.copy_(self.basis.weight.double() * rows[:, None, None, None])
 
 
-_BUILDERS = {"unfold": DRConvUnfold, "basis": DRConvBasis, "grouped_conv": DRConvGroupedConv}
-
-
-def to_deploy(ref: DRConv2d, form: str = "unfold") -> nn.Module:
-    """A deploy form of a trained (eval-mode) DRConv2d."""
-    if form not in _BUILDERS:
-        raise ValueError(f"unknown DRConv form '{form}'; forms: {', '.join(FORMS)}")
-    why = exact_for(ref)
-    if why:
-        raise ValueError(why)
-    return _BUILDERS[form](ref.eval()).eval()
-
-
 register_layer(
     DRConv2d,
     forms=[
-        Form("unfold", lambda r: to_deploy(r, "unfold"), dynamic_batch=True, constant_weights=True, exact_for=exact_for,
+        Form("unfold", DRConvUnfold, dynamic_batch=True, constant_weights=True, exact_for=exact_for,
              note="im2col slices + batched MatMul with the generated kernels; one-hot selection"),
-        Form("basis", lambda r: to_deploy(r, "basis"), dynamic_batch=True, constant_weights=True, exact_for=exact_for,
+        Form("basis", DRConvBasis, dynamic_batch=True, constant_weights=True, exact_for=exact_for,
              note="constant 1×1 basis conv, per-sample scalars on its k² shifts; no run-time weights at all"),
-        Form("grouped_conv", lambda r: to_deploy(r, "grouped_conv"), dynamic_batch=False, constant_weights=False,
+        Form("grouped_conv", DRConvGroupedConv, dynamic_batch=False, constant_weights=False,
              exact_for=exact_for, note="upstream batch-folded grouped conv: static batch, run-time conv weights"),
     ],
     # measured (benchmarks/layer_cases/drconv.py, indicative): unfold ≈ grouped_conv ≫ basis on ORT and OpenVINO;

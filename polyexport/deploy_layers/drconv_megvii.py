@@ -44,8 +44,6 @@ from ..layers.drconv_megvii import DRConv
 from .conv_bn import ScaleThenBias
 from .drconv import shifted
 
-FORMS = ("basis", "candidates", "prescaled")
-
 
 def exact_for(ref: DRConv) -> str | None:
     """Configurations the forms rebuild: square kernels, and upstream's own (first-axis) unfold test consistent."""
@@ -234,19 +232,6 @@ class DRConvPrescaled(_DRConvDeploy):
             self.conv.weight.copy_(self.conv.weight.double() * s[:, None, None, None])
 
 
-_BUILDERS = {"basis": DRConvBasis, "candidates": DRConvCandidates, "prescaled": DRConvPrescaled}
-
-
-def to_deploy(ref: DRConv, form: str = "basis") -> nn.Module:
-    """A deploy form of a trained (eval-mode) DRConv; its forward takes (x, mask, Alpha=None) like the reference."""
-    if form not in _BUILDERS:
-        raise ValueError(f"unknown DRConv form '{form}'; forms: {', '.join(FORMS)}")
-    why = (exact_for_prescaled if form == "prescaled" else exact_for)(ref)
-    if why:
-        raise ValueError(why)
-    return _BUILDERS[form](ref.eval()).eval()
-
-
 def prefer(ref: DRConv | None, target: str | None) -> list[str]:
     """Measured order (benchmarks/layer_cases/drconv_megvii.py: the paper model's shapes at 224, batch 1, 1 thread,
     latency vs the plain conv of the same shape; every form is ≈ 8× its FLOPs):
@@ -269,11 +254,11 @@ def prefer(ref: DRConv | None, target: str | None) -> list[str]:
 register_layer(
     DRConv,
     forms=[
-        Form("basis", lambda r: to_deploy(r, "basis"), dynamic_batch=True, constant_weights=True, exact_for=exact_for,
+        Form("basis", DRConvBasis, dynamic_batch=True, constant_weights=True, exact_for=exact_for,
              note="constant conv with num_W·out outputs (the bank) + per-pixel coefficients (one-hot @ routing) via Mul/ReduceSum"),
-        Form("candidates", lambda r: to_deploy(r, "candidates"), dynamic_batch=True, constant_weights=True, exact_for=exact_for,
+        Form("candidates", DRConvCandidates, dynamic_batch=True, constant_weights=True, exact_for=exact_for,
              note="per-sample kernels (routing @ bank), im2col + batched MatMul for the G candidates, one-hot selection"),
-        Form("prescaled", lambda r: to_deploy(r, "prescaled"), dynamic_batch=True, constant_weights=True,
+        Form("prescaled", DRConvPrescaled, dynamic_batch=True, constant_weights=True,
              exact_for=exact_for_prescaled, note="1×1 only: input scaled per basis coefficient, one constant 1×1 conv over num_W·in"),
     ],
     prefer=prefer,

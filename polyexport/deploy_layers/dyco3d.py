@@ -77,21 +77,11 @@ class DyCo3DBatchedHead(DyCo3DInputChecks, nn.Module):
         return x.squeeze(1)
 
 
-FORMS = ("batched_matmul", "bias_in_matmul")
-
-
-def to_deploy(ref: DyCo3DMaskHead, form: str = "batched_matmul") -> nn.Module:
-    """The deploy module for `ref`: "batched_matmul" (biases added after the MatMuls) or "bias_in_matmul"."""
-    if form not in FORMS:
-        raise ValueError(f"DyCo3DMaskHead has no form {form!r}; it has: {', '.join(FORMS)}")
-    return DyCo3DBatchedHead(ref, bias_in_matmul=form == "bias_in_matmul").eval()
-
-
 register_layer(
     DyCo3DMaskHead,
-    forms=[Form("batched_matmul", lambda r: to_deploy(r, "batched_matmul"), dynamic_batch=True, constant_weights=True,
+    forms=[Form("batched_matmul", lambda r: DyCo3DBatchedHead(r).eval(), dynamic_batch=True, constant_weights=True,
                 note="shared point features multiplied once for all instances, then batched MatMuls, biases added; any instance and point count"),
-           Form("bias_in_matmul", lambda r: to_deploy(r, "bias_in_matmul"), dynamic_batch=True, constant_weights=True,
+           Form("bias_in_matmul", lambda r: DyCo3DBatchedHead(r, bias_in_matmul=True).eval(), dynamic_batch=True, constant_weights=True,
                 note="the same with the biases inside the MatMuls (a ones row): fewer passes over (instances × points)")],
     prefer={"onnxruntime": ["bias_in_matmul", "batched_matmul"], "*": ["batched_matmul", "bias_in_matmul"]},
 )

@@ -79,23 +79,16 @@ def _static(ref: Dynamic_conv2d) -> nn.Conv2d:
     return conv.eval()
 
 
-def to_deploy(ref: Dynamic_conv2d, form: str = "bank_batched") -> nn.Module:
-    """A deploy module equal to ref(x) (eval mode): "static", or a name of _kernel_bank's forms (bank_forms)."""
-    if form == "static":
-        why = _static_exact(ref)
-        if why:
-            raise ValueError(f"form 'static' is not exact here: {why}")
-        return _static(ref)
-    why = _geometry_ok(ref)
-    if why:
-        raise ValueError(why)
+def _build(ref: Dynamic_conv2d, form: str) -> nn.Module:
+    """A kernel-bank form (a name of _kernel_bank's forms, bank_forms) with the attention as its router;
+    exact where `_geometry_ok` is (registered as its exact_for, which convert.to_deploy checks first)."""
     return Routed(SoftmaxRouter(ref.attention), build_form(kernel_bank(ref), form)).eval()
 
 
 register_layer(
     Dynamic_conv2d,
-    forms=[Form("static", lambda r: to_deploy(r, "static"), dynamic_batch=True, constant_weights=True,
+    forms=[Form("static", _static, dynamic_batch=True, constant_weights=True,
                 exact_for=_static_exact, note="plain conv; only where the attention is input-independent"),
-           *bank_forms(to_deploy, _geometry_ok)],
+           *bank_forms(_build, _geometry_ok)],
     prefer=lambda ref, target: preference(ref, target, static=True),
 )

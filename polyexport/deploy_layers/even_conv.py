@@ -175,17 +175,6 @@ def _preference(ref: SymmetricPadConv2d | None) -> list[str]:
     return ["split", "padcat", "single"]
 
 
-_BUILDERS = {"single": build_single, "split": build_split, "padcat": build_padcat}
-
-
-def to_deploy(ref: SymmetricPadConv2d, form: str = "single") -> nn.Module:
-    """Deploy form `form` ("single", "split" or "padcat") of a trained SymmetricPadConv2d."""
-    if form not in _BUILDERS:
-        raise ValueError(f"unknown form '{form}'; choose one of {', '.join(_BUILDERS)}")
-    with torch.no_grad():
-        return _BUILDERS[form](ref.eval()).eval()
-
-
 register_layer(
     SymmetricPadConv2d,
     forms=[

@@ -153,21 +153,6 @@ def _shifted_grouped(ref: ShiftedHetConv) -> ShuffledGroupedPlusPointwise:
                                         _conv_like(pwc, one[:, :, None, None], None, like)).eval()
 
 
-_BUILDERS = {
-    HetConv: {"grouped_plus_pointwise": build_grouped_plus_pointwise, "dense": build_dense},
-    ShiftedHetConv: {"grouped_plus_pointwise": _shifted_grouped, "dense": _shifted_dense},
-}
-
-
-def to_deploy(ref: HetConv | ShiftedHetConv, form: str = "grouped_plus_pointwise") -> nn.Module:
-    """Deploy form `form` ("grouped_plus_pointwise" or "dense") of a trained HetConv or ShiftedHetConv."""
-    builders = _BUILDERS[type(ref)]
-    if form not in builders:
-        raise ValueError(f"unknown form '{form}'; choose one of {', '.join(builders)}")
-    with torch.no_grad():
-        return builders[form](ref.eval()).eval()
-
-
 #: Measured (benchmarks/layers.py, 1 thread, 3 repeats, shared 2-core CPU: indicative), latency vs a
 #: plain 3x3 conv at 56²×64, 28²×128, 14²×256 (P=4), 28²×128 stride 2 and P=128:
 #: grouped_plus_pointwise 0.35–0.47× on ONNX Runtime, 0.36–0.63× on OpenVINO (0.14× / 0.24× at P=128);

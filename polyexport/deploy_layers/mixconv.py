@@ -210,14 +210,6 @@ def build_aligned(ref: MixedConv2d) -> MixSplit:
     return MixSplit(splits, pieces).eval()
 
 
-BUILDERS = {"single": build_single, "split": build_split, "aligned": build_aligned}
-
-
-def to_deploy(ref: MixedConv2d, form: str = "single") -> nn.Module:
-    """The deploy form `form` of a trained MixedConv2d (eval mode)."""
-    return BUILDERS[form](ref.eval())
-
-
 register_layer(
     MixedConv2d,
     forms=[

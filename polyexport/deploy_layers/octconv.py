@@ -48,8 +48,6 @@ from ..layers.octconv import (
 from ._padding import split_padding, written_out
 from .conv_bn import bn_scale_shift
 
-FORMS = ("merged", "merged_deconv", "concat", "separate")
-
 
 def _scaled(conv: nn.Conv2d | None, s: torch.Tensor | None, t: torch.Tensor | None) -> nn.Conv2d | None:
     """A copy of `conv` computing s·conv(x) + t per output channel (float64 arithmetic); None stays None.
@@ -130,8 +128,8 @@ class OctaveConvDeploy(nn.Module):
     def __init__(self, ref: OctaveConv, bn_h: nn.Module | None, bn_l: nn.Module | None,
                  act: nn.Module | None, form: str):
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if form not in _NOTES:
+            raise ValueError(f"form must be one of {tuple(_NOTES)}, got {form!r}")
         self.form, self.stride, self.is_dw = form, ref.stride, ref.is_dw
         self.pool = nn.AvgPool2d(2, 2)
         s_h, t_h = bn_scale_shift(bn_h) if foldable(bn_h) else (None, None)
@@ -221,18 +219,14 @@ def unsupported(ref: nn.Module) -> str | None:
     return None
 
 
-def to_deploy(ref: nn.Module, form: str = "concat") -> OctaveConvDeploy:
-    """The deploy form of a trained OctaveConv / Conv_BN / Conv_BN_ACT (eval mode; norms folded)."""
-    if not isinstance(ref, (OctaveConv, Conv_BN, Conv_BN_ACT)):
-        raise TypeError(f"not an OctConv layer: {type(ref).__name__}")
-    reason = unsupported(ref)
-    if reason:
-        raise ValueError(reason)
+def _build(ref: OctaveConv | Conv_BN | Conv_BN_ACT, form: str) -> OctaveConvDeploy:
+    """Form `form` of a trained OctaveConv / Conv_BN / Conv_BN_ACT (norms folded); `unsupported` is its exact_for."""
     if isinstance(ref, OctaveConv):
         return OctaveConvDeploy(ref, None, None, None, form)
     return OctaveConvDeploy(ref.conv, ref.bn_h, ref.bn_l, getattr(ref, "act", None), form)
 
 
+#: the forms (registered below, in this order) and their notes
 _NOTES = {
     "merged": "BN folded; l2l+l2h one conv at stride 1 (groups 1); Resize nearest ×2; dynamic batch and size",
     "merged_deconv": "as merged, nearest ×2 as a depthwise ConvTranspose2d of ones; dynamic batch and size",
@@ -241,7 +235,7 @@ _NOTES = {
     "separate": "the official four convs, BN folded; Resize nearest ×2",
 }
 
-_FORMS = [Form(name, (lambda ref, n=name: to_deploy(ref, n)), dynamic_batch=True, constant_weights=True,
+_FORMS = [Form(name, (lambda ref, n=name: _build(ref, n)), dynamic_batch=True, constant_weights=True,
                exact_for=unsupported, note=note) for name, note in _NOTES.items()]
 # Indicative timings (2 shared cores, batch 1, c64@56 … c256@14, alpha 0.5/0.25, stride 1/2): every form is
 # within ±5% of the others on ONNX Runtime (concat at or near the front, merged_deconv last); on OpenVINO

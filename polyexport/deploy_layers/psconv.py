@@ -42,7 +42,6 @@ from ..layers.psconv import PSConv2d, PSGConv2d, half_swap
 from ._padding import numeric_padding, written_out
 from .conv_bn import bn_scale_shift
 
-FORMS = ("masked", "regrouped", "shift_dense", "dense")
 PSConvRef = PSConv2d | PSGConv2d
 
 Geometry = tuple[tuple[int, int, int], ...]  # per spatial axis: (kernel, dilation, padding)
@@ -317,6 +316,8 @@ def _masked(ref: PSConvRef) -> PSConvDeploy:
 
 
 def _build(ref: PSConvRef, form: str) -> nn.Module:
+    """Form `form` of `ref` (its 'same' padding written out: `numeric`); `_exact_for(form)` is checked first."""
+    ref = numeric(ref)
     perm = input_permutation(ref)
     g = _layer_groups(ref)
     shift = (ref.gwconv_shift, _dense_weight(ref.gwconv_shift, perm))
@@ -330,16 +331,7 @@ def _build(ref: PSConvRef, form: str) -> nn.Module:
         return PSConvDeploy([*first, conv], out_index=[None] * len(first) + [out_index])
     if form == "masked":
         return _masked(ref)
-    raise ValueError(f"unknown PSConv form '{form}'; choose one of {', '.join(FORMS)}")
-
-
-@torch.no_grad()
-def to_deploy(ref: PSConvRef, form: str = "regrouped") -> nn.Module:
-    """The deploy form `form` of a trained PSConv2d / PSGConv2d (eval mode)."""
-    why = _exact_for(form)(ref)
-    if why:
-        raise ValueError(f"form '{form}' cannot represent this {type(ref).__name__}: {why}")
-    return _build(numeric(ref).eval(), form).eval()
+    raise ValueError(f"unknown PSConv form '{form}'; choose one of {', '.join(_NOTES)}")
 
 
 def _exact_for(form: str):
@@ -356,6 +348,7 @@ def _exact_for(form: str):
     return check
 
 
+#: the forms (registered below, in this order: measured, the same order on both runtimes) and their notes
 _NOTES = {
     "masked": "conv as a grouped conv over the blocks its (masked) weights leave independent, Gathers in/out; "
               "gwconv; grouped shift conv + Gather; 1.0× FLOPs at parts=4; exact only for such weights",
@@ -367,7 +360,7 @@ _NOTES = {
 for _cls in (PSConv2d, PSGConv2d):
     register_layer(
         _cls,
-        forms=[Form(f, (lambda f: lambda ref: to_deploy(ref, f))(f), dynamic_batch=True, constant_weights=True,
-                    exact_for=_exact_for(f), note=_NOTES[f]) for f in FORMS],
-        prefer={"*": list(FORMS)},  # measured: the same order on both runtimes
+        forms=[Form(f, (lambda f: lambda ref: _build(ref, f))(f), dynamic_batch=True, constant_weights=True,
+                    exact_for=_exact_for(f), note=note) for f, note in _NOTES.items()],
+        prefer={"*": list(_NOTES)},  # measured: the same order on both runtimes
     )

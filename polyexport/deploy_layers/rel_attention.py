@@ -14,8 +14,6 @@ from torch import nn
 from ..convert import Form, register_layer
 from ..layers.rel_attention import RelPosAttention
 
-FORMS = ("folded_bias",)
-
 
 class RelPosAttentionFolded(nn.Module):
     """RelPosAttention with `bias` a constant buffer (the gathered table)."""
@@ -36,15 +34,8 @@ class RelPosAttentionFolded(nn.Module):
         return self.proj((v @ attn.transpose(-2, -1)).reshape(-1, self.num_heads * self.dim_head, h, w))
 
 
-def to_deploy(ref: RelPosAttention, form: str = "folded_bias") -> nn.Module:
-    """The deploy form of a trained (eval-mode) RelPosAttention."""
-    if form != "folded_bias":
-        raise ValueError(f"unknown RelPosAttention form '{form}'; forms: {', '.join(FORMS)}")
-    return RelPosAttentionFolded(ref.eval()).eval()
-
-
 register_layer(
     RelPosAttention,
-    forms=[Form("folded_bias", to_deploy, dynamic_batch=True, constant_weights=True,
+    forms=[Form("folded_bias", RelPosAttentionFolded, dynamic_batch=True, constant_weights=True,
                 note="relative position table gathered once into a constant (heads, N, N) bias")],
 )

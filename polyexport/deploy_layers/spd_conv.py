@@ -32,8 +32,6 @@ from ..layers.spd_conv import SPDConv, block_order, space_to_depth
 from ._padding import plain_conv, split_padding, written_out
 from .conv_bn import fuse_conv_bn
 
-FORMS = ("space_to_depth_op", "strided_conv")
-
 
 class _OnnxSpaceToDepth(torch.autograd.Function):
     """ONNX SpaceToDepth (DCR order: channel (r·b + c)·C + ch); exported as that single node."""
@@ -129,8 +127,8 @@ class SpaceToDepthDeploy(nn.Module):
 
     def __init__(self, scale: int, order: str, form: str):
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if form not in _NOTES:
+            raise ValueError(f"form must be one of {tuple(_NOTES)}, got {form!r}")
         self.scale, self.order, self.form = scale, order, form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,23 +162,23 @@ def _fuse_bn(module: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     return module.fuse_bn(bn) if hasattr(module, "fuse_bn") else fuse_conv_bn(module, bn)
 
 
-def to_deploy(ref: nn.Module, form: str = "space_to_depth_op") -> nn.Module:
-    """The deploy form of a trained `space_to_depth` or `SPDConv` (eval mode; SPDConv's BN folded)."""
-    if isinstance(ref, space_to_depth):
-        return SpaceToDepthDeploy(ref.scale, ref.order, form)
+def _build(ref: space_to_depth | SPDConv, form: str) -> nn.Module:
+    """Form `form` of a trained `space_to_depth` or `SPDConv` (SPDConv's BN folded)."""
     if isinstance(ref, SPDConv):
         spd = SpaceToDepthDeploy(ref.spd.scale, ref.spd.order, form)
         return _fuse_bn(spd.fuse_next_conv(ref.conv), ref.bn)  # SPDConv's own conv: groups 1, never declined
-    raise TypeError(f"not an SPD-Conv layer: {type(ref).__name__}")
+    return SpaceToDepthDeploy(ref.scale, ref.order, form)
+
+
+#: the forms of both layers (registered below, in this order) and their notes
+_NOTES = {
+    "space_to_depth_op": "one SpaceToDepth node; the block reordering folds into the next conv (else Reshape/Transpose)",
+    "strided_conv": "with the next conv (groups 1, dilation 1): one conv, kernel b·k, stride b·s; alone as space_to_depth_op",
+}
 
 
 def _forms() -> list[Form]:
-    return [
-        Form("space_to_depth_op", lambda ref: to_deploy(ref, "space_to_depth_op"),
-             note="one SpaceToDepth node; the block reordering folds into the next conv (else Reshape/Transpose)"),
-        Form("strided_conv", lambda ref: to_deploy(ref, "strided_conv"),
-             note="with the next conv (groups 1, dilation 1): one conv, kernel b·k, stride b·s; alone as space_to_depth_op"),
-    ]
+    return [Form(name, (lambda ref, n=name: _build(ref, n)), note=note) for name, note in _NOTES.items()]
 
 
 # Measured (benchmarks/layer_cases/spd_conv.py, 2 shared cores, batch 1, indicative): the conv dominates;
