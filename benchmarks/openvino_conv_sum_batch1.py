@@ -1,9 +1,11 @@
 """A runtime defect the fuzzer found (benchmarks/fuzz.py, SymmetricPadConv2d's `split` form), without polyexport.
 
-OpenVINO's CPU plugin (2026.4 here) miscomputes Split → several Conv → Add at batch 1 of a dynamic-batch graph when the convs have fewer
-than 8 output channels and an output of at most 3×3: the error is of the order of the output itself. The same
-graph at batch 3, with a static batch of 1, each Conv output alone, 8 or more output channels, or a 4×4 output come out right, and ONNX
-Runtime is right throughout, so the Conv-with-sum fusion is the suspect. The graph is built here with onnx.helper
+OpenVINO's CPU plugin (2026.4 here) miscomputes Split → several Conv → Add at batch 1 of a dynamic-batch graph
+when the convs have fewer than 8 output channels and a small output (a side of 3 or less: 3×3, 9×3 and 3×11 in
+the fuzz run): the error is of the order of the output itself. The same graph at batch 3, with a static batch
+of 1, each Conv output alone, 8 or more output channels, or a 4×4 output come out right, and ONNX
+Runtime is right throughout, so the CPU plugin's Conv-with-sum fusion under dynamic shapes is the suspect
+(FuseConvolutionSumAndConvolutionSumActivation; fixes of that kind before: openvinotoolkit/openvino#10132, #22718). The graph is built here with onnx.helper
 alone, so it can go to OpenVINO's tracker as it is:
 
     python benchmarks/openvino_conv_sum_batch1.py
