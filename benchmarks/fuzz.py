@@ -13,6 +13,7 @@ layer type; a mismatch is any error above RTOL of the output's scale or any exce
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -51,6 +52,11 @@ class LayerTally:
     #: a runtime wrong on a graph that PyTorch and another runtime get right (tests/layer_configs.FormCheck)
     runtime_defects: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerTally":
+        return cls(d["layer"], d["configs"], d["accepted"], Counter(d["declined"]), d["torch_checks"], Counter(d["runtime_checks"]),
+                   Counter(d["unjudged"]), d["folds"], d["worst_error"], d["mismatches"], d.get("runtime_defects", []), d["seconds"])
 
     def as_dict(self) -> dict:
         return {"layer": self.layer, "configs": self.configs, "accepted": self.accepted,
@@ -148,6 +154,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="layer type names (default: every registered one)")
     ap.add_argument("--markdown")
     ap.add_argument("--json")
+    ap.add_argument("--merge", help="an earlier run's JSON (same --configs, --seed, runtimes): its layers not rerun here "
+                                    "are kept, and the table covers them all")
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny layers: a second thread only adds synchronisation (and the runtimes get 1 too)
     runtimes = [] if args.runtimes == [] else runtimes_here(args.runtimes)
@@ -168,6 +176,18 @@ def main() -> None:
             print(f"  MISMATCH {m['form']} on {m['config']}: {'; '.join(m['problems'])}", flush=True)
         for d in tally.runtime_defects[:5]:
             print(f"  RUNTIME DEFECT {d['form']} on {d['config']}: {d['what']}", flush=True)
+    seconds = time.perf_counter() - start
+    if args.merge:
+        with open(args.merge) as f:
+            earlier = json.load(f)
+        same = {k: earlier["settings"][k] for k in ("configs", "seed", "runtimes")}
+        if same != {"configs": args.configs, "seed": args.seed, "runtimes": runtimes}:
+            raise SystemExit(f"--merge: {args.merge} was run with {same}, not with these settings")
+        rerun = {t.layer for t in tallies}
+        kept = [LayerTally.from_dict(d) for d in earlier["layers"] if d["layer"] not in rerun]
+        seconds += sum(t.seconds for t in kept)
+        order = [t.__name__ for t in registered_layers()]
+        tallies = sorted(kept + tallies, key=lambda t: order.index(t.layer) if t.layer in order else len(order))
     text = table(tallies, runtimes) + defects_text(tallies)
     print(text)
     runtime_total = sum(t.runtime_checks[rt] for t in tallies for rt in runtimes)
@@ -176,7 +196,8 @@ def main() -> None:
                f"({', '.join(f'{RUNTIME_NAMES.get(rt, rt)} {sum(t.runtime_checks[rt] for t in tallies)}' for rt in runtimes)}), "
                f"{sum(len(t.mismatches) for t in tallies)} mismatches at rtol {RTOL:g} of the output's scale, "
                f"{sum(len(t.runtime_defects) for t in tallies)} runtime defects; "
-               f"{time.perf_counter() - start:.0f} s.")
+               f"{seconds:.0f} s" + (f" (layers {', '.join(sorted(rerun))} rerun; the others from the earlier run merged)" if args.merge else "")
+               + ".")
     print(summary)
     try:
         from polyexport.pipeline import versions

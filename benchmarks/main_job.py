@@ -50,7 +50,8 @@ if runtime == "onnxruntime":
 else:
     import openvino as ov
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(out), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(core.read_model(out), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                         "INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
     run = lambda a: [np.asarray(v) for v in req.infer({"input": a}).values()]
 for seed in range(3):
