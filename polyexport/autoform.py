@@ -343,7 +343,8 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
 
             def build() -> tuple[nn.Module, list[LayerRecord]]:
                 deployed, built = convert(model, target, forced, dynamic_batch, strict, ranker=_Replay(recs))
-                assert assignment(built) == key, "a candidate built differently from its plan"
+                if assignment(built) != key:  # the plan and the build disagree: never time the wrong graph
+                    raise RuntimeError(f"candidate {label!r} built differently from its plan")
                 return deployed, built
             out[label] = Candidate(recs, build)
 
