@@ -91,3 +91,25 @@ def test_reference_warnings_name_degenerate_outputs():
             "b": [np.zeros((1, 3)), np.full(4, 7.0), np.array([1.0, 2.0]), np.arange(3.0) * 2]}
     w = reference_warnings(refs)
     assert len(w) == 3 and "output 0 is all zeros" in w[0] and "output 1 is the constant 7" in w[1] and "output 2 has 1 NaN/Inf" in w[2]
+
+
+def test_race_drops_clear_losers_early_and_keeps_close_ones_to_the_end(monkeypatch):
+    """bench.race with the measurements fixed (the timer replaced): a form over drop_at_once × the best leaves
+    after round 1, one over drop_above × after min_rounds, and a close pair runs every repeat. What the form
+    choice relies on to spend its time on the forms that can still win."""
+    import polyexport.bench as bench
+
+    latency = {"best": 1.0, "close": 1.1, "slower": 1.5, "far": 3.0}
+    rounds = {k: 0 for k in latency}
+
+    def fake_measure(fn, **kw):
+        name = fn()
+        rounds[name] += 1
+        return stats_from([latency[name]] * 3)
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    dropped = []
+    out = bench.race({k: (lambda k=k: k) for k in latency}, repeats=5, drop_above=1.3, min_rounds=2, drop_at_once=2.0,
+                     on_drop=dropped.append)
+    assert rounds == {"best": 5, "close": 5, "slower": 2, "far": 1}, rounds
+    assert dropped == ["far", "slower"] and out == latency
