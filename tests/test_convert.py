@@ -164,3 +164,20 @@ def test_deploy_shares_the_originals_tensors_and_never_writes_them(name):
     assert {k: v.data_ptr() for k, v in after.items()} == ids
     assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])][:3]
     assert all(m is not d for m, d in zip(model.modules(), deployed.modules()))
+
+
+@pytest.mark.parametrize("name", ["oct_resnet50_a05", "mixnet_s", "ps_resnet50"])
+def test_plan_is_what_convert_does_without_building(name):
+    """convert.plan gives the forms convert would choose (default order, a forced form) and builds nothing: the
+    whole-model check compares assignments before it pays for building any of them."""
+    from polyexport.convert import assignment, plan
+    from polyexport.zoo import instantiate
+
+    model = instantiate(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer_type = next(r.type for r in convert(model, "onnxruntime")[1] if r.form not in ("folded", "absorbed", "reference"))
+    for forced in ({}, {layer_type: "reference"}):
+        planned = plan(model, "onnxruntime", forced)
+        assert planned and assignment(planned) == assignment(convert(model, "onnxruntime", forced)[1])
+    assert all(type(m).__module__.startswith(("torch.", "polyexport.layers", "polyexport.zoo")) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
