@@ -255,8 +255,8 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             if not name:  # the model is itself the layer, kept whole
                 return model, records
             continue
+        records.append(LayerRecord(name, type(module).__name__, form.name, note))
         if not build:
-            records.append(LayerRecord(name, type(module).__name__, form.name, note))
             if not name:
                 return model, records
             continue
@@ -264,10 +264,8 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             new = set_eval(form.build(set_eval(ref)))
         if not name:  # the model is itself the layer
             carry_over(module, new)
-            records.append(LayerRecord(name, type(module).__name__, form.name, note))
             return new, records
         replace_module(model, name, new)  # an attribute both have stays the deploy form's own (its state, not the layer's)
-        records.append(LayerRecord(name, type(module).__name__, form.name, note))
     return model, records
 
 

@@ -47,10 +47,6 @@ def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, 
     proto = onnx.load(path)
     if raw_path:
         onnx.save(proto, raw_path)
-    if simplifier == "none" and not validate:  # the exporter's file is the graph: not written twice
-        ops = Counter(n.op_type for n in proto.graph.node)
-        return ExportInfo(path, exporter, opset, simplify(proto, "none")[1], dynamic_batch, time.perf_counter() - t0,
-                          len(proto.graph.node), dict(ops.most_common()))
     proto, how = simplify(proto, simplifier)
     try:  # the checker, then strict shape inference (what check_model's full_check adds), once each
         if validate:
@@ -58,6 +54,7 @@ def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, 
             proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"the exported ONNX graph is invalid: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    onnx.save(proto, path)
+    if validate or simplifier != "none":  # otherwise the exporter's file is the graph already: not written twice
+        onnx.save(proto, path)
     ops = Counter(n.op_type for n in proto.graph.node)
     return ExportInfo(path, exporter, opset, how, dynamic_batch, time.perf_counter() - t0, len(proto.graph.node), dict(ops.most_common()))
