@@ -44,6 +44,9 @@ CACHE_ENV = "POLYEXPORT_CACHE"
 #: an alternative assignment is timed as a whole graph only if its per-layer timings sum to at most this
 #: multiple of the per-layer choice's (see the module docstring)
 WHOLE_MODEL_MARGIN = 1.25
+#: and only the closest few of those (by that sum): each costs a conversion, an export, a session and its
+#: repeats (OctResNet-50 had 10 within the margin: 75 s of a 93 s run and 2.6 GB of sessions held at once)
+WHOLE_MODEL_ALTERNATIVES = 2
 
 
 def default_cache_path() -> str:
@@ -92,7 +95,7 @@ class FormTimer:
         #: arithmetic when it loads it, onnxsim took a fifth of the form choice, and the choices agree within noise
         #: (benchmarks/results/form_timing_simplified.md: 2 of 35 layers differ). On OpenVINO they did not (MixNet-S:
         #: 11 of 21 differ, up to 1.53×), so there forms are timed simplified, as they will ship. The whole-model
-        #: check always times the graphs as they will ship.
+        #: check follows the same rule.
         self.layer_simplifier = "none" if runtime == "onnxruntime" else "onnxsim"
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
@@ -201,7 +204,7 @@ class FormTimer:
             want = [t.numpy() for t in flatten_outputs(first(*args))]
         builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                                repeats=5, warmup_s=0.05, min_time_s=0.2)
+                                repeats=5, warmup_s=0.05, min_time_s=0.2, simplifier=self.layer_simplifier)
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
         self._save()
         return dict(self.cache[key]), False
@@ -323,13 +326,14 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
     forced), that form for every layer of the type with the other types (a) as timed per layer and (b) in the
     preferred order, and (c) the preferred order for all. (b) and (c) are what a forced form or `--form
     preferred` would ship. Kept only where the per-layer timings come within WHOLE_MODEL_MARGIN of the choice's,
-    a form that failed on this runtime for some layer never, and no assignment twice. Planned, not built."""
+    a form that failed on this runtime for some layer never, and no assignment twice; of those, the
+    WHOLE_MODEL_ALTERNATIVES closest by per-layer timings. Planned, not built."""
     entries = {t.__name__: e for t, e in registered_layers().items()}
     snapshot = list(timer.choices)
     timed = {c["name"]: c["timings_ms"] for c in snapshot}
     chosen = {r.type for r in records if r.form not in ("folded", "absorbed", "reference") and r.type in entries}
     limit = WHOLE_MODEL_MARGIN * _layer_total(records, timed)
-    seen, out = {assignment(records)}, {}
+    seen, out, totals = {assignment(records)}, {}, {}
 
     def add(label: str, forced: dict[str, str], timed_per_layer: bool) -> None:
         ranker = timer if timed_per_layer else None
@@ -338,8 +342,10 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
         except BadInput:  # the form is not exact (or not usable) for some layer of this model
             return
         key = assignment(recs)
-        if key not in seen and _layer_total(recs, timed) <= limit:
+        total = _layer_total(recs, timed)
+        if key not in seen and total <= limit:
             seen.add(key)
+            totals[label] = total
 
             def build() -> tuple[nn.Module, list[LayerRecord]]:
                 deployed, built = convert(model, target, forced, dynamic_batch, strict, ranker=_Replay(recs))
@@ -360,7 +366,8 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
         add("preferred", dict(forms), False)
     finally:
         timer.choices[:] = snapshot  # the alternatives' lookups are not choices
-    return out
+    closest = sorted(out, key=lambda label: totals[label])[:WHOLE_MODEL_ALTERNATIVES]  # stable: ties keep their order
+    return {label: out[label] for label in out if label in closest}
 
 
 class _Replay:

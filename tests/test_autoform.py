@@ -86,12 +86,16 @@ def test_a_form_wrong_on_the_runtime_is_never_chosen(tmp_path):
     assert records[0].form == "exact"
 
 
-def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fixed_ms", [None, {"single": 1.0, "split": 1.1, "aligned": 1.05, "grouped_plus_pointwise": 1.0, "dense": 1.2}],
+                         ids=["measured", "fixed-close"])
+def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypatch, fixed_ms):
     """With two layer types, the per-layer choice is checked against every assignment a single forced form
     gives (the other type timed per layer, or in the preferred order) and the preferred order itself, each
-    assignment once, as long as its per-layer timings come within WHOLE_MODEL_MARGIN of the choice's: one
-    further behind cannot win as a whole graph, and is not timed (that check is the costly part)."""
-    from polyexport.autoform import WHOLE_MODEL_MARGIN, _layer_total, whole_model_alternatives
+    assignment once, as long as its per-layer timings come within WHOLE_MODEL_MARGIN of the choice's (one
+    further behind cannot win as a whole graph), and of those only the WHOLE_MODEL_ALTERNATIVES closest
+    (that check is the costly part). With the per-layer timings fixed close together, more alternatives come
+    within the margin than are timed."""
+    from polyexport.autoform import WHOLE_MODEL_ALTERNATIVES, WHOLE_MODEL_MARGIN, _layer_total, whole_model_alternatives
     from polyexport.convert import assignment, registered_layers
     from polyexport.layers.hetconv import ShiftedHetConv
     from polyexport.pipeline import ExportOptions, form_timer
@@ -101,6 +105,8 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
                                      ShiftedHetConv(16, 16, 4, 3), nn.BatchNorm2d(16)), seed=5).eval()
     x = torch.randn(1, 16, 12, 12)
     ranker = form_timer(model, [x.numpy()], ExportOptions(target="onnxruntime", threads=1, form_choice="auto"))
+    if fixed_ms is not None:
+        monkeypatch.setattr(ranker, "_time", lambda ref, args, forms: {f.name: fixed_ms[f.name] for f in forms})
     _, records = convert(model, "onnxruntime", ranker=ranker)
     alternatives = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
     timed = [assignment(records)] + [assignment(c.records) for c in alternatives.values()]
@@ -117,7 +123,11 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
             except Exception:  # noqa: BLE001 - a form that does not apply to this layer
                 continue
     ranker.choices[:] = ranker.choices[:2]
-    for recs in considered:
-        plausible = _layer_total(recs, per_layer) <= limit
-        assert (assignment(recs) in timed) == plausible or assignment(recs) == assignment(records), \
-            [(r.name, r.form) for r in recs]
+    totals = {assignment(recs): _layer_total(recs, per_layer) for recs in considered if assignment(recs) != assignment(records)}
+    plausible = {a for a, total in totals.items() if total <= limit}
+    chosen = set(timed[1:])
+    assert chosen <= plausible, "an assignment beyond the margin was timed"
+    assert len(chosen) == min(WHOLE_MODEL_ALTERNATIVES, len(plausible))
+    if fixed_ms is not None:
+        assert len(plausible) > WHOLE_MODEL_ALTERNATIVES  # the cap is what chose here
+    assert all(totals[a] >= max(totals[c] for c in chosen) for a in plausible - chosen), "a closer alternative was left out"
