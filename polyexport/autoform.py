@@ -230,7 +230,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
                             simplifier=simplifier, validate=False)
                 graph, _ = graph_for(runtime, path, tmp, options.fp16)
-                result = run_graph(runtime, make_runner(runtime, options), graph, tmp, feeds)
+                result = run_graph(runtime, make_runner(runtime, options, keep_artifacts=False), graph, tmp, feeds)
                 loaded[label] = result.runner
                 if not judge(result, reference, Tolerance(None, None)).passed:  # by the precision it ran
                     raise ValueError(f"does not match the reference on this runtime: {result.error or 'outputs differ'}")

@@ -52,3 +52,36 @@ def test_runners_describe_what_they_used(tmp_path):
     ort = make_runner("onnxruntime", RunnerOptions(threads=1))
     ort.load(path, str(tmp_path))
     assert ort.describe()["threads"] == 1 and ort.describe()["graph_optimization"] == "all"
+
+
+@pytest.mark.parametrize("name,dynamic_batch", [("mobilenetv2", True), ("cc_efficientnet_b0", False)])
+def test_openvino_reads_onnx_as_convert_model_does(tmp_path, name, dynamic_batch):
+    """The runner reads ONNX without openvino.convert_model's Python front end (0.3 s a call): the model must be
+    the one convert_model gives, op for op and shape for shape, and compute the same numbers."""
+    ov = pytest.importorskip("openvino")
+    from polyexport.convert import deploy
+    from polyexport.runtimes.openvino import read_onnx
+
+    model = deploy(randomize_(get(name).build(), seed=3), "openvino")
+    path = str(tmp_path / "m.onnx")
+    x = torch.randn(2, 3, 64, 64)
+    export_onnx(model, (x,), path, input_names=["input"], n_outputs=1, dynamic_batch=dynamic_batch)
+    ours, theirs = read_onnx(ov.Core(), path), ov.convert_model(path)
+
+    def ops(m):
+        return [(op.get_type_name(), [str(op.get_output_partial_shape(i)) for i in range(op.get_output_size())]) for op in m.get_ordered_ops()]
+    assert ops(ours) == ops(theirs) and len(ops(ours)) > 50
+    core = ov.Core()
+    outs = [core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer({0: x.numpy()})
+            for m in (ours, theirs)]
+    assert np.array_equal(next(iter(outs[0].values())), next(iter(outs[1].values())))
+
+
+def test_a_throw_away_openvino_run_writes_no_ir(tmp_path):
+    pytest.importorskip("openvino")
+    path = str(tmp_path / "m.onnx")
+    export_onnx(randomize_(get("resnet18").build()), (torch.randn(1, 3, 32, 32),), path, input_names=["input"], n_outputs=1)
+    runner = make_runner("openvino", RunnerOptions(threads=1), keep_artifacts=False)
+    assert runner.load(path, str(tmp_path)) == {}
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    assert runner.run({"input": np.zeros((1, 3, 32, 32), np.float32)})[0].shape[0] == 1

@@ -19,8 +19,10 @@ def installed() -> list[str]:
     return [n for n in ONNX_RUNTIMES if available(n)]
 
 
-def make_runner(name: str, options: RunnerOptions | None = None) -> Runner:
-    """A runner for an ONNX runtime by name; RuntimeMissing (exit 3) names the extra to install."""
+def make_runner(name: str, options: RunnerOptions | None = None, keep_artifacts: bool = True) -> Runner:
+    """A runner for an ONNX runtime by name; RuntimeMissing (exit 3) names the extra to install.
+    keep_artifacts=False: a throw-away run (a form timed alone) that need not write the runtime's own files
+    (OpenVINO's IR)."""
     if name not in ONNX_RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}")
     if name == "tensorrt":
@@ -36,7 +38,7 @@ def make_runner(name: str, options: RunnerOptions | None = None) -> Runner:
         return OnnxRuntimeRunner(options)
     from .openvino import OpenVinoRunner
 
-    return OpenVinoRunner(options)
+    return OpenVinoRunner(options, save_ir=keep_artifacts)
 
 
 __all__ = ["Runner", "RunnerOptions", "default_threads", "make_runner", "available", "installed", "ONNX_RUNTIMES"]

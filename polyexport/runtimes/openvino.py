@@ -31,6 +31,25 @@ def _type_name(t) -> str:
     return t.to_string() if hasattr(t, "to_string") else str(t)
 
 
+def read_onnx(core, onnx_path: str):
+    """What `openvino.convert_model(onnx_path)` gives, without its Python front end: the ONNX frontend's model
+    and the same transformations in the same order (openvino/tools/ovc/moc_frontend/moc_emit_ir.py). The
+    front end cost 0.3 s per call, most of the time of loading a form timed alone; tests/test_runtimes.py
+    checks that both give the same model. Falls back to convert_model where OpenVINO moved those functions."""
+    try:
+        from openvino._offline_transformations import (apply_fused_names_cleanup, apply_moc_transformations,
+                                                        compress_quantize_weights_transformation)
+        from openvino.tools.ovc.moc_frontend.offline_transformations import apply_moc_legacy_transformations
+    except ImportError:
+        return _ov().convert_model(onnx_path)
+    model = core.read_model(onnx_path)
+    apply_moc_transformations(model, cf=False, smart_reshape=True)
+    compress_quantize_weights_transformation(model)
+    apply_moc_legacy_transformations(model, [])
+    apply_fused_names_cleanup(model)
+    return model
+
+
 class OpenVinoRunner(Runner):
     name = "openvino"
 
@@ -47,7 +66,7 @@ class OpenVinoRunner(Runner):
         device = self.options.device.upper()
         if device not in core.available_devices:
             raise RuntimeMissing("openvino", None, f"device {device} not found; OpenVINO sees {core.available_devices}")
-        model = ov.convert_model(onnx_path)
+        model = read_onnx(core, onnx_path)
         artifacts = {}
         if self.save_ir:  # named after the ONNX file: several models may share a folder (an IR may be memory-mapped)
             xml = os.path.join(workdir, os.path.splitext(os.path.basename(onnx_path))[0] + ".xml")
