@@ -7,6 +7,7 @@ the yardstick, with each module's FLOPs ratio to the yardstick beside it.
 
     python benchmarks/layers.py                    # all layers, all installed runtimes
     python benchmarks/layers.py --only psconv spd_conv --repeats 3 --json benchmarks/results/layers.json
+    python benchmarks/layers.py --only condconv drconv_megvii --merge benchmarks/results/layers.json --markdown benchmarks/results/layers.md
 """
 from __future__ import annotations
 
@@ -107,6 +108,27 @@ def criteria(rows: list[dict]) -> str:
                      "layer FLOPs vs conv", "latency / FLOPs ratio", "bound", "within"], body)
 
 
+def merge_rows(path: str, rows: list[dict], threads: int) -> list[dict]:
+    """The saved rows with those of the layer types just measured replaced by `rows` (in place of the first one
+    of each type, so the table keeps its order). Refused when the thread counts differ: the ratios would not
+    compare."""
+    with open(path) as f:
+        saved = json.load(f)
+    if saved["threads"] != threads:
+        raise SystemExit(f"--merge: {path} was measured with {saved['threads']} thread(s), this run with {threads}")
+    fresh: dict[str, list[dict]] = {}
+    for r in rows:
+        fresh.setdefault(r["layer"], []).append(r)
+    merged: list[dict] = []
+    for r in saved["rows"]:
+        if r["layer"] not in fresh:
+            merged.append(r)
+        elif fresh[r["layer"]]:  # the first saved row of a measured type: its fresh rows go here
+            merged += fresh[r["layer"]]
+            fresh[r["layer"]] = []
+    return merged + [r for new in fresh.values() for r in new]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="layer case files to run (e.g. psconv mixconv)")
@@ -118,6 +140,8 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows here (benchmarks/results/layers.json)")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--from-json", help="render the tables from an earlier --json instead of measuring")
+    ap.add_argument("--merge", help="an earlier --json: its rows of the measured layer types are replaced, the others kept; "
+                                    "written back there, and the tables rendered from all rows")
     args = ap.parse_args()
     t0 = time.time()
     if args.from_json:
@@ -126,6 +150,8 @@ def main() -> None:
         rows, args.threads = saved["rows"], saved["threads"]
     else:
         rows = run(args)
+        if args.merge:
+            rows, args.json = merge_rows(args.merge, rows, args.threads), args.json or args.merge
     md = "#### How close the fastest exact form gets (the issues' criterion)\n\n" + criteria(rows)
     md += "\n\n#### Every module measured\n\n" + to_markdown(rows)
     print()

@@ -233,18 +233,14 @@ class DRConvPrescaled(_DRConvDeploy):
 
 
 def prefer(ref: DRConv | None, target: str | None) -> list[str]:
-    """Measured order (benchmarks/layer_cases/drconv_megvii.py: the paper model's shapes at 224, batch 1, 1 thread,
-    latency vs the plain conv of the same shape; every form is ≈ 8× its FLOPs):
-    - ONNX Runtime: prescaled 6.2–8.2× < candidates 8.2–11.5× ≈ basis 8.0–12.0× on every 1×1 shape
-      (c24@56: 6.80 / 9.19 / 10.88; c96@7: 6.63 / 9.93 / 8.04); 3×3 c64@28: basis 9.08× < candidates 10.45×.
-    - OpenVINO: candidates leads up to 48→48 (c24@56: 3.63 vs basis 4.25, prescaled 4.68; c48@28: 3.31 / 3.68
-      / 3.58), basis from 96→96 (c96@7: 2.20 vs prescaled 2.31, candidates 2.54; c96@14 all within 2 %) and
-      for 3×3 c64@28 (7.85 vs 8.31).
-    - elsewhere (TensorRT, unmeasured; no target): prescaled, which is best on ORT and within 1.3× on OpenVINO.
-    Whole dr_shufflenetv2_0_5x at 224, batch 1, 1 thread (ShuffleNetV2-0.5× itself: ORT 1.42 ms, OpenVINO 1.65 ms):
-    ORT prescaled 6.38 ms, candidates 8.63, basis 8.71, this order 6.22; OpenVINO static prescaled 7.09, candidates
-    7.46, basis 7.64, this order 7.20 (all within noise), dynamic batch: this order 11.68, basis/candidates 12.17,
-    prescaled 13.73. The pipeline's form timer re-measures per layer at export time where it can."""
+    """The measured order (benchmarks/layer_cases/drconv_megvii.py, the paper model's shapes; the numbers are in
+    benchmarks/results/layers.md, DRConv rows, and models.md for the whole dr_shufflenetv2_0_5x):
+    - ONNX Runtime: prescaled is fastest on every 1×1 shape, then candidates ≈ basis; for 3×3 (which
+      prescaled declines) basis beats candidates.
+    - OpenVINO: candidates leads for small 1×1 convs (up to 48→48), basis from 96→96 and for 3×3; prescaled
+      stays within 1.3× of the best.
+    - elsewhere (TensorRT, unmeasured; no target): prescaled, best on ONNX Runtime and close on OpenVINO.
+    The pipeline's form timer re-measures per layer at export time where it can."""
     if target == "openvino":
         small = ref is not None and ref.in_channels * ref.out_channels * ref.kernel_size[0] * ref.kernel_size[1] <= 48 * 48
         return ["candidates", "basis", "prescaled"] if small else ["basis", "candidates", "prescaled"]
