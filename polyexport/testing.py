@@ -93,11 +93,26 @@ def check_on_runtimes(ref: nn.Module, deployed: nn.Module, input_shapes: Sequenc
     if not dynamic_batch:
         batches = (input_shapes[0][0],)
     names = ["input"] if len(input_shapes) == 1 else [f"input_{i}" for i in range(len(input_shapes))]
+    example, sets = drawn_inputs(input_shapes, batches, runtimes, seed)
+    feeds = iter(sets)
+    return _check_exported(ref, deployed, example, names, batches, lambda b: next(feeds), runtimes, rtol, opset, workdir,
+                           onnx_check, "batch", dynamic_batch=dynamic_batch)
+
+
+def drawn_inputs(input_shapes: Sequence[tuple[int, ...]], batches: Sequence[int], runtimes: Sequence[str] | None = None,
+                 seed: int = 0) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """The inputs check_on_runtimes uses, in its order: the example it exports at, then one set per runtime
+    and batch. A test that must know them (to pick a seed whose inputs keep away from a tie) asks here."""
     rng = np.random.default_rng(seed)
     example = [rng.standard_normal(s, dtype=np.float32) for s in input_shapes]
-    feeds = lambda b: [rng.standard_normal((b, *s[1:]), dtype=np.float32) for s in input_shapes]  # noqa: E731
-    return _check_exported(ref, deployed, example, names, batches, feeds, runtimes, rtol, opset, workdir, onnx_check,
-                           "batch", dynamic_batch=dynamic_batch)
+    sets = [[rng.standard_normal((b, *s[1:]), dtype=np.float32) for s in input_shapes]
+            for _ in _onnx_runtimes(runtimes) for b in batches]
+    return example, sets
+
+
+def _onnx_runtimes(runtimes: Sequence[str] | None) -> list[str]:
+    """The runtimes a check runs on: those asked (default: every installed one), TensorRT left to its own tests."""
+    return [r for r in (list(runtimes) if runtimes is not None else installed()) if r != "tensorrt"]
 
 
 def check_instance_counts(ref: nn.Module, deployed: nn.Module, make_inputs: Callable[[int, np.random.Generator], Sequence[np.ndarray]],
@@ -121,8 +136,7 @@ def _check_exported(ref: nn.Module, deployed: nn.Module, example: list[np.ndarra
                     feeds_for: Callable[[int], list[np.ndarray]], runtimes: Sequence[str] | None, rtol: float, opset: int,
                     workdir: str | None, onnx_check, what: str, **export_kwargs) -> list[RuntimeCheck]:
     """Export `deployed` once at `example`; on each runtime and size, compare its outputs with `ref`'s in PyTorch."""
-    runtimes = list(runtimes) if runtimes is not None else installed()
-    runtimes = [r for r in runtimes if r != "tensorrt"]
+    runtimes = _onnx_runtimes(runtimes)
     example_t = tuple(torch.from_numpy(a) for a in example)
     with torch.no_grad():
         n_out = len(flatten_outputs(set_eval(deployed)(*example_t)))
@@ -134,7 +148,7 @@ def _check_exported(ref: nn.Module, deployed: nn.Module, example: list[np.ndarra
             onnx_check(path)
         graph_inputs = {i.name for i in onnx.load(path).graph.input}  # the exporter drops inputs the model ignores
         for rt in runtimes:
-            runner = make_runner(rt, RunnerOptions(threads=1))
+            runner = make_runner(rt, RunnerOptions(threads=1), keep_artifacts=False)
             runner.load(path, tmp)
             for size in sizes:
                 arrays = feeds_for(size)

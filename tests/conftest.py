@@ -14,6 +14,13 @@ sys.path.insert(0, os.path.join(HERE, "userpkg"))  # `usernets` plays the user's
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Inputs from torch's global generator: seeded before every test, so each sees the same data whatever ran
+    before it in its worker."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def out(tmp_path):
     return str(tmp_path / "out")

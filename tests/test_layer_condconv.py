@@ -16,6 +16,7 @@ from polyexport.errors import BadInput
 from polyexport.layers.condconv import CondConv2d, CondConvResidual, SqueezeExcite
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import condconv as timm
+from tests.layer_configs import RoutedHarness
 from tests.test_layer_dynamic_conv import check_static_batch
 
 FORMS = tuple(forms_of(CondConv2d))
@@ -48,17 +49,6 @@ def inputs(cfg, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return x, routing
 
 
-class WithBN(nn.Module):
-    """bn(conv(x, routing)): the reference for a form with a BN folded in."""
-
-    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d):
-        super().__init__()
-        self.conv, self.bn = conv, bn
-
-    def forward(self, x, routing):
-        return self.bn(self.conv(x, routing))
-
-
 def bn(c: int, seed: int = 5) -> nn.BatchNorm2d:
     return randomize_(nn.BatchNorm2d(c), seed=seed)
 
@@ -76,7 +66,7 @@ def test_forms_equal_reference(cfg, form):
     with torch.no_grad():
         norm.bias.add_(3.0)  # a large shift: scaling it by the routing (which does not sum to 1) would show
     assert (routing.sum(1) - 1).abs().max() > 0.3
-    assert_equivalent(WithBN(ref, norm).eval(), deployed.fuse_bn(norm), x, routing)
+    assert_equivalent(RoutedHarness(ref, [norm]).eval(), deployed.fuse_bn(norm), x, routing)
 
 
 RUNTIME_CFGS = [CONFIGS[1], CONFIGS[2], CONFIGS[4]]
@@ -108,7 +98,7 @@ def test_dynamic_batch_forms_on_runtimes(cfg):
             branches = {a.name: collections.Counter(n.op_type for n in a.g.node) for a in node.attribute}
             assert branches["then_branch"]["Conv"] == 1 and branches["else_branch"]["Loop"] == 1
 
-    with_bn = WithBN(ref, norm).eval()
+    with_bn = RoutedHarness(ref, [norm]).eval()
     checks = check_on_runtimes(SideBySide(*[with_bn] * len(DYNAMIC_FORMS)).eval(),
                                SideBySide(*[to_deploy(ref, f).fuse_bn(norm) for f in DYNAMIC_FORMS]).eval(),
                                [(2, cfg[0], cfg[8], cfg[9]), (2, cfg[11])], batches=(1, 2, 8), onnx_check=onnx_check)
@@ -171,12 +161,12 @@ def test_timm_state_dicts_load_strict():
 
 def test_adapter_converts_timm_condconv():
     theirs = randomize_(timm.CondConv2d(8, 16, 3, stride=2, padding="same", bias=True, num_experts=4))
-    model = WithBN(theirs, bn(16)).eval()
+    model = RoutedHarness(theirs, [bn(16)]).eval()
     x, routing = torch.randn(4, 8, 9, 9), torch.sigmoid(3 * torch.randn(4, 4))
     deployed, records = convert(model, dynamic_batch=True)
     rec = {r.name: r for r in records}
-    assert rec["conv"].form == "sample_conv" and "condconv.timm" in rec["conv"].note  # dense 3×3
-    assert rec["bn"].form == "folded"
+    assert rec["layer"].form == "sample_conv" and "condconv.timm" in rec["layer"].note  # dense 3×3
+    assert rec["post.0"].form == "folded"
     assert_equivalent(model, deployed, x, routing)
 
 

@@ -19,12 +19,6 @@ from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 from tests.foreign import dcd as official
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Inputs from torch's global generator: seed it so every test sees the same data whatever runs before."""
-    torch.manual_seed(0)
-
-
 def lively(m: nn.Module, seed: int) -> nn.Module:
     """Random weights, with the pooled branch amplified so Φ(x) and Λ(x) differ clearly between samples
     (fan-in scaled weights on pooled noise would make the dynamic part almost constant)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -15,17 +14,10 @@ import polyexport
 from polyexport.convert import convert, forms_of, to_deploy
 from polyexport.errors import BadInput
 from polyexport.layers.drconv import DRConv2d, asign_index, xcorr
-from polyexport.runtimes import installed
-from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
+from polyexport.testing import assert_equivalent, check_on_runtimes, drawn_inputs, randomize_
 from tests.foreign import drconv as upstream
 
 FORMS = tuple(forms_of(DRConv2d))
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Inputs from torch's global generator: seed it so every test sees the same data whatever runs before."""
-    torch.manual_seed(0)
 
 
 def lively(m: nn.Module, seed: int) -> nn.Module:
@@ -108,12 +100,9 @@ def test_a_form_ignoring_the_guide_or_the_sample_would_fail():
 
 
 def _runtime_inputs(shape: tuple[int, ...], batches: tuple[int, ...], seed: int) -> list[torch.Tensor]:
-    """The inputs check_on_runtimes will draw (same generator, same order), to check their guide margins."""
-    rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal(shape, dtype=np.float32)]
-    for _ in [r for r in installed() if r != "tensorrt"]:
-        xs += [rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches]
-    return [torch.from_numpy(a) for a in xs]
+    """The inputs check_on_runtimes will use, to check their guide margins."""
+    example, sets = drawn_inputs([shape], batches, seed=seed)
+    return [torch.from_numpy(a) for (a,) in [example, *sets]]
 
 
 def _structure(form: str, m: int):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -22,18 +21,11 @@ from polyexport.deploy_layers.drconv_megvii import nearest_indices, resize_mask
 from polyexport.errors import BadInput
 from polyexport.layers.drconv import DRConv2d
 from polyexport.layers.drconv_megvii import DRConv, deformable_matmul
-from polyexport.runtimes import installed
-from polyexport.testing import assert_equivalent, check_on_runtimes, max_rel_err, randomize_
+from polyexport.testing import assert_equivalent, check_on_runtimes, drawn_inputs, max_rel_err, randomize_
 from polyexport.zoo.shufflenetv2 import conv_bn_relu
 from tests.foreign import drconv_megvii as upstream
 
 FORMS = tuple(forms_of(DRConv))
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Inputs from torch's global generator: seed it so every test sees the same data whatever runs before."""
-    torch.manual_seed(0)
 
 
 def lively(m: nn.Module, seed: int) -> nn.Module:
@@ -268,12 +260,9 @@ def top2_margin(unit: Unit, x: torch.Tensor) -> float:
 
 
 def _runtime_inputs(shape: tuple[int, ...], batches: tuple[int, ...], seed: int) -> list[torch.Tensor]:
-    """The inputs check_on_runtimes will draw (same generator, same order), to check their guide margins."""
-    rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal(shape, dtype=np.float32)]
-    for _ in [r for r in installed() if r != "tensorrt"]:
-        xs += [rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches]
-    return [torch.from_numpy(a) for a in xs]
+    """The inputs check_on_runtimes will use, to check their guide margins."""
+    example, sets = drawn_inputs([shape], batches, seed=seed)
+    return [torch.from_numpy(a) for (a,) in [example, *sets]]
 
 
 def _structure(form: str, resized: bool, layers: int):

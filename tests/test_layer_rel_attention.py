@@ -13,11 +13,6 @@ from polyexport.layers.rel_attention import RelPosAttention, relative_position_i
 from polyexport.testing import assert_equivalent, check_on_runtimes, randomize_
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    torch.manual_seed(0)
-
-
 def lively(m: RelPosAttention, seed: int = 0) -> RelPosAttention:
     """Random weights, with a table large enough that the bias visibly moves the softmax."""
     randomize_(m, seed)
