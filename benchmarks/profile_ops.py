@@ -51,6 +51,11 @@ class OpTable:
     calls: dict[str, float] = field(default_factory=dict)
     wall_ms: float = 0.0  # median wall-clock latency of the profiled runs
     nodes: dict[str, tuple[str, float]] = field(default_factory=dict)  # node name -> (op type, ms per run)
+    #: node name -> the nodes feeding it, as the runtime ran the graph (its own reorders included): to attribute
+    #: a node the runtime added to the module it serves
+    producers: dict[str, list[str]] = field(default_factory=dict)
+    writes: dict[str, list[str]] = field(default_factory=dict)  # node name -> the tensors it writes (graph outputs among them)
+    origins: dict[str, list[str]] = field(default_factory=dict)  # OpenVINO: executed node -> the ONNX nodes fused into it
 
     @property
     def total_ms(self) -> float:
@@ -87,7 +92,10 @@ def profile_onnxruntime(path: str, feeds: dict[str, np.ndarray], threads: int, r
     with tempfile.TemporaryDirectory() as tmp:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ort")
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")  # the graph as it runs, for `producers`
         sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+        producers, writes = _producers(optimized), {n.name: list(n.output) for n in optimized.node}
         for _ in range(warmup):
             sess.run(None, feeds)
         walls = []
@@ -110,7 +118,12 @@ def profile_onnxruntime(path: str, feeds: dict[str, np.ndarray], threads: int, r
             ms[op] += dur / runs
             calls[op] += 1 / runs
         nodes[name.removesuffix("_kernel_time")] = (evs[-1][0], sum(d for _, d in evs[-runs:]) / runs)
-    return OpTable("onnxruntime", runs, dict(ms), dict(calls), float(np.median(walls)), nodes)
+    return OpTable("onnxruntime", runs, dict(ms), dict(calls), float(np.median(walls)), nodes, producers, writes)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    made_by = {out: n.name for n in graph.node for out in n.output}
+    return {n.name: [made_by[i] for i in n.input if i in made_by] for n in graph.node}
 
 
 def profile_openvino(path: str, feeds: dict[str, np.ndarray], threads: int, runs: int, warmup: int,
@@ -151,7 +164,15 @@ def profile_openvino(path: str, feeds: dict[str, np.ndarray], threads: int, runs
                 ms[key] += t
                 calls[key] += 1 / runs
                 nodes[info.node_name] = (key, nodes.get(info.node_name, (key, 0.0))[1] + t)
-    return OpTable("openvino", runs, dict(ms), dict(calls), float(np.median(walls)), nodes)
+    producers, origins, writes = {}, {}, {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        name = op.get_friendly_name()
+        producers[name] = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
+        writes[name] = [n for o in op.outputs() for n in o.get_names()]
+        info = op.get_rt_info()
+        fused = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
+        origins[name] = [n for n in fused.split(",") if n]
+    return OpTable("openvino", runs, dict(ms), dict(calls), float(np.median(walls)), nodes, producers, writes, origins)
 
 
 def profile(path: str, batch: int, runtimes: list[str], threads: int, runs: int, warmup: int,
