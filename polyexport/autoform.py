@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,11 @@ CACHE_ENV = "POLYEXPORT_CACHE"
 #: an alternative assignment is timed as a whole graph only if its per-layer timings sum to at most this
 #: multiple of the per-layer choice's (see the module docstring)
 WHOLE_MODEL_MARGIN = 1.25
+#: with a dynamic batch, a form is also timed at this batch (the captured inputs repeated), and its time is its
+#: latency at the captured batch plus its latency per sample here: the form chosen at batch 1 alone ran
+#: dy_resnet18 at 3.2× resnet18's latency at batch 8, against 1.9× for the batch-folded static form
+#: (benchmarks/results/models.md)
+DYNAMIC_TIMING_BATCH = 8
 #: and only the closest few of those (by that sum): each costs a conversion, an export, a session and its
 #: repeats (OctResNet-50 had 10 within the margin: 75 s of a 93 s run and 2.6 GB of sessions held at once)
 WHOLE_MODEL_ALTERNATIVES = 2
@@ -98,8 +104,9 @@ class FormTimer:
         #: check follows the same rule.
         self.layer_simplifier = "none" if runtime == "onnxruntime" else "onnxsim"
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
+        self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
-                        f"|{precision}")
+                        f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else ""))
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.tell: Callable[[str], object] = lambda msg: None  # progress within the deploy phase (set by choose_deployment)
         self._asked = 0
@@ -184,7 +191,8 @@ class FormTimer:
             want = [t.numpy() for t in flatten_outputs(ref(*args))]
         builds = {f.name: (lambda f: lambda: set_eval(f.build(ref)))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier)
+                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
+                             second_batch=self.second_batch)
 
     def whole_models(self, candidates: dict, args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
         """p50 latency (ms, None where it failed) of each whole deployed model, candidates given as
@@ -204,7 +212,8 @@ class FormTimer:
             want = [t.numpy() for t in flatten_outputs(first(*args))]
         builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                                repeats=5, warmup_s=0.05, min_time_s=0.2, simplifier=self.layer_simplifier)
+                                repeats=5, warmup_s=0.05, min_time_s=0.2, simplifier=self.layer_simplifier,
+                                second_batch=self.second_batch)
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
         self._save()
         return dict(self.cache[key]), False
@@ -212,13 +221,15 @@ class FormTimer:
 
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
                   runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
-                  min_time_s: float, simplifier: str = "onnxsim") -> dict[str, float]:
+                  min_time_s: float, simplifier: str = "onnxsim", second_batch: int | None = None) -> dict[str, float]:
     """Export each built module as the pipeline exports it, run it on `runtime` (in the precision asked:
     options.fp16), judge it against `want` by that precision's tolerance, and race those that match
     (bench.race: interleaved repeats, a clearly slower one leaves early and frees its session): p50 ms each,
-    inf where building, exporting, running or matching failed."""
+    inf where building, exporting, running or matching failed. With `second_batch` (dynamic-batch graphs) a
+    second race runs at that batch, and each time is the first's plus the second's per sample."""
     names = [f"input_{i}" for i in range(len(args))]
     feeds = [("check", {n: a.numpy() for n, a in zip(names, args)})]
+    bigger = _at_batch(feeds[0][1], second_batch) if second_batch else None
     reference = {"check": want}
     fns, out, loaded = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,15 +245,29 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 loaded[label] = result.runner
                 if not judge(result, reference, Tolerance(None, None)).passed:  # by the precision it ran
                     raise ValueError(f"does not match the reference on this runtime: {result.error or 'outputs differ'}")
+                if bigger is not None and result.runner.run(bigger)[0].shape[0] != len(next(iter(bigger.values()))):
+                    raise ValueError("does not run at another batch from its dynamic-batch graph")
                 fns[label] = (lambda r, f: lambda: r.run(f))(result.runner, feeds[0][1])
             except Exception:  # noqa: BLE001 - a candidate that fails here is never the fastest
                 out[label] = float("inf")
-        if fns:
-            out.update(race(fns, repeats=repeats, on_drop=lambda k: loaded.pop(k).close(), warmup=2, warmup_s=warmup_s,
-                            min_iters=5, min_time_s=min_time_s))
+        timing = dict(repeats=repeats, warmup=2, warmup_s=warmup_s, min_iters=5, min_time_s=min_time_s)
+        if fns and bigger is None:
+            out.update(race(fns, on_drop=lambda k: loaded.pop(k).close(), **timing))
+        elif fns:  # both races see every form: one slow at the first batch may be the fastest at the second
+            first = race(fns, **timing)
+            per_sample = len(next(iter(bigger.values()))) / len(next(iter(feeds[0][1].values())))
+            second = race({k: (lambda r: lambda: r.run(bigger))(loaded[k]) for k in fns}, on_drop=lambda k: loaded.pop(k).close(), **timing)
+            out.update({k: first[k] + second[k] / per_sample for k in fns})
         for r in loaded.values():
             r.close()
     return out
+
+
+def _at_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The feeds repeated along the batch axis to `batch` (at least twice their own): timing needs the shape, not new data."""
+    have = len(next(iter(feeds.values())))
+    batch = max(batch, 2 * have)
+    return {n: np.concatenate([a] * -(-batch // have))[:batch] for n, a in feeds.items()}
 
 
 def _valid_entry(value: object) -> bool:

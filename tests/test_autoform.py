@@ -131,3 +131,38 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
     if fixed_ms is not None:
         assert len(plausible) > WHOLE_MODEL_ALTERNATIVES  # the cap is what chose here
     assert all(totals[a] >= max(totals[c] for c in chosen) for a in plausible - chosen), "a closer alternative was left out"
+
+class _FixedBatchView(nn.Module):
+    """Exact at the batch it was exported at, and fails at any other: the reshape bakes that batch into the graph."""
+
+    def forward(self, x):
+        return (x * 2).reshape(1, 4, 6, 6)
+
+
+class _Doubled(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_dynamic_batch_forms_are_timed_at_a_second_batch(runtime):
+    """With a dynamic batch a form is also run at DYNAMIC_TIMING_BATCH from its one graph: one that cannot is never
+    chosen, and a time is the first batch's latency plus the second's per sample (so it exceeds the first's)."""
+    pytest.importorskip(runtime)
+    from polyexport.autoform import DYNAMIC_TIMING_BATCH, _time_checked
+
+    x = (torch.randn(1, 4, 6, 6),)
+    want = [(x[0] * 2).numpy()]
+    builds = {"baked": _FixedBatchView, "dynamic": _Doubled}
+    kw = dict(repeats=1, warmup_s=0.0, min_time_s=0.01, simplifier="none")
+    once = _time_checked(builds, x, want, runtime, RunnerOptions(threads=1), True, **kw)
+    twice = _time_checked(builds, x, want, runtime, RunnerOptions(threads=1), True, second_batch=DYNAMIC_TIMING_BATCH, **kw)
+    assert all(v < float("inf") for v in once.values())  # at batch 1 alone the baked graph looks fine
+    assert twice["baked"] == float("inf") and 0 < twice["dynamic"] < float("inf")
+
+
+def test_the_cache_keeps_dynamic_batch_timings_apart(tmp_path):
+    """Timings taken at two batches are not those of a static graph, nor of the batch-1-only timing before them."""
+    static = FormTimer("onnxruntime", RunnerOptions(threads=1), {}, cache_path=str(tmp_path / "c.json"))
+    dynamic = FormTimer("onnxruntime", RunnerOptions(threads=1), {}, cache_path=str(tmp_path / "c.json"), dynamic_batch=True)
+    assert static.context != dynamic.context and "and batch 8" in dynamic.context
