@@ -393,7 +393,9 @@ def merge_rows(path: str, rows: list[dict], note: str | None) -> dict:
     """The saved benchmark with `rows` replacing those of the same (model, batch), the others kept in order."""
     with open(path) as f:
         saved = json.load(f)
-    fresh = {(r["model"], r["batch"]): r for r in rows}
+    for r in saved["rows"]:  # rows from before rows named their machine: the file's
+        r.setdefault("machine", saved.get("machine", ""))
+    fresh = {(r["model"], r["batch"]): {**r, "machine": machine()} for r in rows}
     merged = [fresh.pop((r["model"], r["batch"]), r) for r in saved["rows"]]
     saved["rows"] = merged + list(fresh.values())
     if note:

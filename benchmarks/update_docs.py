@@ -63,7 +63,14 @@ def headline_markdown() -> str:
             cells.append(f"{asis / deploy:.2f}×" if deploy and asis else "as-is does not export")
             cells.append(f"{deploy / base:.2f}×" if deploy and base else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    machine = data.get("machine", "")
+    by_machine: dict[str, list[str]] = {}
+    for row in data["rows"]:
+        if row.get("batch") == 1:
+            by_machine.setdefault(row.get("machine") or data.get("machine", ""), []).append(row["model"])
+    if len(by_machine) == 1:
+        machine = next(iter(by_machine))
+    else:  # merged runs: say which rows came from which machine (compare ratios across them, not milliseconds)
+        machine = "; ".join(f"{', '.join(sorted(models))} measured on {m}" for m, models in sorted(by_machine.items(), key=lambda kv: len(kv[1])))
     return "\n".join(lines) + f"\n\nBatch 1, one dynamic-batch graph each; {machine}; from [benchmarks/results/models.md](benchmarks/results/models.md).\n"
 
 
