@@ -12,6 +12,7 @@ A forced form that cannot represent some layer of the model exactly is refused b
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -71,6 +72,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     ap.add_argument("--markdown")
+    ap.add_argument("--merge", help="an earlier --json: its rows of the measured model/runtime pairs are replaced (marked --run), "
+                                    "the others kept; written back there, the table rendered from all rows")
+    ap.add_argument("--run", type=int, help="with --merge: this run's number (the table's last column)")
+    ap.add_argument("--note", help="with --merge: what this run measured (appended to the table's foot)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
@@ -104,12 +109,36 @@ def main() -> None:
                 records.append({"model": name, "runtime": rt, "ms": p50, "per_repeat_ms": per, "auto_same_as": same,
                                 "best_fixed": best, "auto_over_best_per_repeat": ratios})
                 print(rows[-1], flush=True)
-    md = md_table(["model", "runtime", "auto ms", "auto's assignment", "preferred order ms", "best single fixed form (ms)",
-                   "auto / best fixed (range over repeats)", "verdict", "every fixed form (ms)"], rows)
+    header = ["model", "runtime", "auto ms", "auto's assignment", "preferred order ms", "best single fixed form (ms)",
+              "auto / best fixed (range over repeats)", "verdict", "every fixed form (ms)"]
+    if args.merge:
+        merge(args, header, rows, records)
+        return
+    md = md_table(header, rows)
     md += (f"\n\n{machine()}; threads={args.threads}; batch 1; medians of {args.repeats} interleaved repeats; the ratio is the median of"
            f" the per-repeat ratios (repeat i of auto and of the best fixed form ran back to back), the range their spread; {time.time() - t0:.0f} s")
     print(md)
     write_outputs(args, md, {"threads": args.threads, "rows": records})
+
+
+def merge(args, header: list[str], rows: list[list[str]], records: list[dict]) -> None:
+    """Replace the measured pairs' rows in the saved results (kept as their printed cells, with their run number and
+    this run's records) and render the whole table, its foot extended by this run's note."""
+    with open(args.merge) as f:
+        saved = json.load(f)
+    fresh = {(r[0], r[1]): {"run": args.run, "machine": machine(), "cells": dict(zip(header, r)), "record": rec}
+             for r, rec in zip(rows, records)}
+    saved["rows"] = [fresh.pop((r["cells"]["model"], r["cells"]["runtime"]), r) for r in saved["rows"]] + list(fresh.values())
+    if args.note:
+        saved["runs"] = {**saved.get("runs", {}), str(args.run): args.note}
+    with open(args.merge, "w") as f:
+        json.dump(saved, f, indent=1)
+    md = md_table(header + ["run"], [[r["cells"].get(h, "") for h in header] + [str(r["run"])] for r in saved["rows"]])
+    md += "\n\n" + saved.get("foot", "") + "".join(f" Run {k}: {v}" for k, v in saved.get("runs", {}).items())
+    print(md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md.rstrip() + "\n")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ WHOLE_MODEL_MARGIN = 1.25
 #: (benchmarks/results/models.md)
 DYNAMIC_TIMING_BATCH = 8
 #: and only the closest few of those (by that sum): each costs a conversion, an export, a session and its
-#: repeats (OctResNet-50 had 10 within the margin: 75 s of a 93 s run and 2.6 GB of sessions held at once)
+#: repeats (OctResNet-50 had 10 within the margin: 75 s of a 93 s run and 2.6 GB of sessions held at once).
+#: The price, measured (benchmarks/results/forms.md): OctResNet-50 on OpenVINO ran 1.06× the best fixed form;
+#: `--form thorough` times every plausible alternative, as the check did before this cap.
 WHOLE_MODEL_ALTERNATIVES = 2
 
 
@@ -92,7 +94,8 @@ class FormTimer:
     """A converter ranker (convert.Ranker) that times forms on one runtime."""
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
-                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05, dynamic_batch: bool = False):
+                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05, dynamic_batch: bool = False,
+                 alternatives: int | None = WHOLE_MODEL_ALTERNATIVES):
         self.runtime, self.options, self.inputs = runtime, options, inputs
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path: str | None = cache_path or default_cache_path()
@@ -104,6 +107,7 @@ class FormTimer:
         #: check follows the same rule.
         self.layer_simplifier = "none" if runtime == "onnxruntime" else "onnxsim"
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
+        self.alternatives = alternatives  # whole-model alternatives timed at most (None: every plausible one)
         self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
                         f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else ""))
@@ -352,7 +356,7 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
     preferred order, and (c) the preferred order for all. (b) and (c) are what a forced form or `--form
     preferred` would ship. Kept only where the per-layer timings come within WHOLE_MODEL_MARGIN of the choice's,
     a form that failed on this runtime for some layer never, and no assignment twice; of those, the
-    WHOLE_MODEL_ALTERNATIVES closest by per-layer timings. Planned, not built."""
+    timer.alternatives closest by per-layer timings (all of them with `--form thorough`). Planned, not built."""
     entries = {t.__name__: e for t, e in registered_layers().items()}
     snapshot = list(timer.choices)
     timed = {c["name"]: c["timings_ms"] for c in snapshot}
@@ -391,7 +395,7 @@ def whole_model_alternatives(model: nn.Module, records: list[LayerRecord], targe
         add("preferred", dict(forms), False)
     finally:
         timer.choices[:] = snapshot  # the alternatives' lookups are not choices
-    closest = sorted(out, key=lambda label: totals[label])[:WHOLE_MODEL_ALTERNATIVES]  # stable: ties keep their order
+    closest = sorted(out, key=lambda label: totals[label])[:timer.alternatives]  # stable: ties keep their order
     return {label: out[label] for label in out if label in closest}
 
 

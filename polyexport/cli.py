@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .targets import TARGETS
+from .targets import FORM_CHOICES, TARGETS
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda", "tensorrt")
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lacks fp16), an fp16 engine for TensorRT; modules that overflow or lose accuracy are found and kept in fp32 where the runtime allows")
     p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
     p.add_argument("--form", action="append", metavar="LAYER=FORM", help="auto (time each exact form on the target runtime: the default for onnxruntime/openvino), "
+                   "thorough (auto, the whole-model check trying every plausible alternative), "
                    "preferred (the registered, measured order), or force a form for a layer type, e.g. PSConv2d=regrouped (or =reference); repeatable")
     p.add_argument("--strict", action="store_true", help="fail when a known layer has no exact deploy form instead of keeping it as is")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full module (runs code from the file)")
@@ -205,8 +206,8 @@ def _options(args: argparse.Namespace) -> dict:
 
     check_out(args.out, args.force, [args.model] if os.path.exists(args.model) else [])
     check_input_sizes([parse_shape(s) for s in args.input_shape or []])
-    choice = [f for f in args.form or [] if f in ("auto", "preferred")]
-    forms = parse_form_overrides([f for f in args.form or [] if f not in ("auto", "preferred")])
+    choice = [f for f in args.form or [] if f in FORM_CHOICES]
+    forms = parse_form_overrides([f for f in args.form or [] if f not in FORM_CHOICES])
     check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)
     return dict(dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol, deploy=args.deploy, forms=forms,
                 strict=args.strict, threads=args.threads, device=args.device, bench=args.bench, iterations=args.iterations,

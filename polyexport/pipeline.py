@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from .autoform import Deployment, FormTimer, capture_layer_inputs, choose_deployment
+from .autoform import WHOLE_MODEL_ALTERNATIVES, Deployment, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
 from .convert import TARGETS
+from .targets import FORM_CHOICES
 from .errors import BadInput
 from .explain import Localiser, explain_runtime_error, module_kinds
 from .exporter import ExportInfo, export_onnx, flatten_outputs, output_names
@@ -77,7 +78,7 @@ class ExportOptions:
     batch_range: tuple[int, int, int] | None = None  # (min, opt, max) with a dynamic batch: parity at each, TensorRT's profile
     workspace_mb: int = 1024
     explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
-    form_choice: str | None = None  # "auto": time each exact form on the target runtime; "preferred": the registered order.
+    form_choice: str | None = None  # one of targets.FORM_CHOICES; None: auto where forms can be timed, else preferred
     #                                  None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
 
     @property
@@ -388,14 +389,15 @@ def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
 def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions) -> FormTimer | None:
     """The ranker that times forms on the target runtime, when the choice is automatic (see autoform.py)."""
     choice = opts.form_choice or ("auto" if opts.target in ("onnxruntime", "openvino") else "preferred")
-    if choice not in ("auto", "preferred"):
-        raise BadInput(f"form choice '{choice}': use auto or preferred")
+    if choice not in FORM_CHOICES:
+        raise BadInput(f"form choice '{choice}': use {', '.join(FORM_CHOICES)}")
     if choice == "preferred" or opts.target not in ("onnxruntime", "openvino"):
         return None
     inputs = capture_layer_inputs(model, to_torch(arrays))
     if not inputs:
         return None
-    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, dynamic_batch=opts.dynamic_batch)
+    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, dynamic_batch=opts.dynamic_batch,
+                     alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES)
 
 
 # --- export ------------------------------------------------------------------------------------

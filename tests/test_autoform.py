@@ -130,6 +130,9 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
     assert len(chosen) == min(WHOLE_MODEL_ALTERNATIVES, len(plausible))
     if fixed_ms is not None:
         assert len(plausible) > WHOLE_MODEL_ALTERNATIVES  # the cap is what chose here
+        ranker.alternatives = None  # --form thorough: every plausible one
+        thorough = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
+        assert {assignment(c.records) for c in thorough.values()} == plausible
     assert all(totals[a] >= max(totals[c] for c in chosen) for a in plausible - chosen), "a closer alternative was left out"
 
 class _FixedBatchView(nn.Module):
@@ -166,3 +169,18 @@ def test_the_cache_keeps_dynamic_batch_timings_apart(tmp_path):
     static = FormTimer("onnxruntime", RunnerOptions(threads=1), {}, cache_path=str(tmp_path / "c.json"))
     dynamic = FormTimer("onnxruntime", RunnerOptions(threads=1), {}, cache_path=str(tmp_path / "c.json"), dynamic_batch=True)
     assert static.context != dynamic.context and "and batch 8" in dynamic.context
+
+
+def test_form_thorough_is_accepted_and_lifts_the_cap(tmp_path, monkeypatch):
+    from polyexport.autoform import WHOLE_MODEL_ALTERNATIVES
+    from polyexport.pipeline import ExportOptions, form_timer
+
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
+    model, x = mixconv_net(), [torch.randn(1, 16, 20, 20).numpy()]
+    assert form_timer(model, x, ExportOptions(target="openvino", form_choice="thorough")).alternatives is None
+    assert form_timer(model, x, ExportOptions(target="openvino")).alternatives == WHOLE_MODEL_ALTERNATIVES
+    out = str(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:
+        main(["zoo:test_mixconv_net", "--target", "openvino", "--form", "thorough", "--out", out, "--no-bench", "--threads", "1"])
+    assert e.value.code == 0
+    assert [c["name"] for c in json.load(open(os.path.join(out, "report.json")))["form_choices"]][:2] == ["0", "3"]
