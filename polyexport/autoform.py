@@ -12,9 +12,10 @@ layers with the same signature are timed once.
 Then the per-layer choice is checked as a whole graph against the single forced forms and the preferred
 order (`choose_deployment`): what a layer alone shows is not always what the whole graph does. That
 check is the costly part, so it runs only for the alternatives whose per-layer timings come within
-WHOLE_MODEL_MARGIN of the choice's: the whole-graph effects measured (fusions, layout changes between
-layers) moved a model by at most 1.16×, so an alternative already slower than that layer by layer
-cannot win as a whole graph (benchmarks/forms.py checks the result against every fixed form).
+WHOLE_MODEL_MARGIN of the choice's, and for the closest WHOLE_MODEL_ALTERNATIVES of those (`--form
+thorough`: all): the whole-graph effects measured (fusions, layout changes between layers) moved a model
+by at most 1.16×, so an alternative already slower than that layer by layer cannot win as a whole graph
+(benchmarks/forms.py checks the result against every fixed form).
 """
 from __future__ import annotations
 
@@ -45,16 +46,16 @@ CACHE_ENV = "POLYEXPORT_CACHE"
 #: an alternative assignment is timed as a whole graph only if its per-layer timings sum to at most this
 #: multiple of the per-layer choice's (see the module docstring)
 WHOLE_MODEL_MARGIN = 1.25
-#: with a dynamic batch, a form is also timed at this batch (the captured inputs repeated), and its time is its
-#: latency at the captured batch plus its latency per sample here: the form chosen at batch 1 alone ran
-#: dy_resnet18 at 3.2× resnet18's latency at batch 8, against 1.9× for the batch-folded static form
-#: (benchmarks/results/models.md)
-DYNAMIC_TIMING_BATCH = 8
 #: and only the closest few of those (by that sum): each costs a conversion, an export, a session and its
 #: repeats (OctResNet-50 had 10 within the margin: 75 s of a 93 s run and 2.6 GB of sessions held at once).
 #: The price, measured (benchmarks/results/forms.md): OctResNet-50 on OpenVINO ran 1.06× the best fixed form;
 #: `--form thorough` times every plausible alternative, as the check did before this cap.
 WHOLE_MODEL_ALTERNATIVES = 2
+#: with a dynamic batch, a form is also timed at this batch (the captured inputs repeated), and its time is its
+#: latency at the captured batch plus its latency per sample here. Timed at batch 1 alone, ONNX Runtime chose the
+#: per-sample loop for all 19 of dy_resnet18's dynamic convs, which ran at 3.2× resnet18 at batch 8 (1.9× for the
+#: batch-folded static graph); and a form that cannot run at another batch from its graph is caught here.
+DYNAMIC_TIMING_BATCH = 8
 
 
 def default_cache_path() -> str:
