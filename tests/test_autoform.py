@@ -10,7 +10,7 @@ from torch import nn
 
 from polyexport.autoform import FormTimer, capture_layer_inputs
 from polyexport.cli import main
-from polyexport.convert import convert
+from polyexport.convert import convert, plan
 from polyexport.layers.mixconv import MixedConv2d
 from polyexport.runtimes import RunnerOptions
 from polyexport.testing import assert_equivalent, randomize_
@@ -59,7 +59,14 @@ def test_cli_reports_every_choice_and_honours_forced_forms(tmp_path, monkeypatch
     finite = {k: v for k, v in whole["timings_ms"].items() if v is not None}
     assert "per-layer" in finite and len(finite) >= 2 and whole["chosen"] == min(finite, key=finite.get)
     mix = [l["form"] for l in r["layers"] if l["type"] == "MixedConv2d"]
-    assert mix == ([c["chosen"] for c in per_layer] if whole["chosen"] == "per-layer" else [whole["chosen"].split("=")[1]] * 2)
+    label = whole["chosen"]  # "per-layer", "preferred", or "MixedConv2d=FORM[, others preferred]"
+    if label == "per-layer":
+        expected = [c["chosen"] for c in per_layer]
+    elif label == "preferred":
+        expected = [rec.form for rec in plan(mixconv_net(), "openvino") if rec.type == "MixedConv2d"]
+    else:
+        expected = [label.split("=")[1].split(",")[0]] * 2
+    assert mix == expected
     with pytest.raises(SystemExit) as e:
         main(["zoo:test_mixconv_net", "--target", "openvino", "--out", out, "--force", "--no-bench", "--threads", "1"])
     again = json.load(open(os.path.join(out, "report.json")))["form_choices"][-1]
