@@ -46,6 +46,12 @@ def load_runner(runtime: str, module: nn.Module, example: tuple[torch.Tensor, ..
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
 
+def replace_rows(saved: list[dict], fresh: list[dict], key) -> list[dict]:
+    """A --merge: the saved rows with each one `key` matches in `fresh` replaced in place, the new ones appended."""
+    by_key = {key(r): r for r in fresh}
+    return [by_key.pop(key(r), r) for r in saved] + list(by_key.values())
+
+
 def runtimes_here(requested: list[str] | None) -> list[str]:
     have = [r for r in installed() if r != "tensorrt"]
     return [r for r in (requested or have) if r in have]

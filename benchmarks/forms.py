@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
+from common import load_runner, machine, md_table, replace_rows, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.bench import interleaved_medians  # noqa: E402
@@ -126,9 +126,8 @@ def merge(args, header: list[str], rows: list[list[str]], records: list[dict]) -
     this run's records) and render the whole table, its foot extended by this run's note."""
     with open(args.merge) as f:
         saved = json.load(f)
-    fresh = {(r[0], r[1]): {"run": args.run, "machine": machine(), "cells": dict(zip(header, r)), "record": rec}
-             for r, rec in zip(rows, records)}
-    saved["rows"] = [fresh.pop((r["cells"]["model"], r["cells"]["runtime"]), r) for r in saved["rows"]] + list(fresh.values())
+    fresh = [{"run": args.run, "machine": machine(), "cells": dict(zip(header, r)), "record": rec} for r, rec in zip(rows, records)]
+    saved["rows"] = replace_rows(saved["rows"], fresh, lambda r: (r["cells"]["model"], r["cells"]["runtime"]))
     if args.note:
         saved["runs"] = {**saved.get("runs", {}), str(args.run): args.note}
     with open(args.merge, "w") as f:

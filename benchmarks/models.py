@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import flops, machine, md_table, n_outputs, runtimes_here, write_outputs  # noqa: E402
+from common import flops, machine, md_table, n_outputs, replace_rows, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
@@ -395,9 +395,7 @@ def merge_rows(path: str, rows: list[dict], note: str | None) -> dict:
         saved = json.load(f)
     for r in saved["rows"]:  # rows from before rows named their machine: the file's
         r.setdefault("machine", saved.get("machine", ""))
-    fresh = {(r["model"], r["batch"]): {**r, "machine": machine()} for r in rows}
-    merged = [fresh.pop((r["model"], r["batch"]), r) for r in saved["rows"]]
-    saved["rows"] = merged + list(fresh.values())
+    saved["rows"] = replace_rows(saved["rows"], [{**r, "machine": machine()} for r in rows], lambda r: (r["model"], r["batch"]))
     if note:
         saved["notes"] = [n for n in saved.get("notes", []) if not n.startswith(note.split(":")[0])] + [note]
     return saved

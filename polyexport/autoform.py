@@ -235,6 +235,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
     names = [f"input_{i}" for i in range(len(args))]
     feeds = [("check", {n: a.numpy() for n, a in zip(names, args)})]
     bigger = _at_batch(feeds[0][1], second_batch) if second_batch else None
+    bigger_batch = len(next(iter(bigger.values()))) if bigger else 0
     reference = {"check": want}
     fns, out, loaded = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +251,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 loaded[label] = result.runner
                 if not judge(result, reference, Tolerance(None, None)).passed:  # by the precision it ran
                     raise ValueError(f"does not match the reference on this runtime: {result.error or 'outputs differ'}")
-                if bigger is not None and result.runner.run(bigger)[0].shape[0] != len(next(iter(bigger.values()))):
+                if bigger is not None and result.runner.run(bigger)[0].shape[0] != bigger_batch:
                     raise ValueError("does not run at another batch from its dynamic-batch graph")
                 fns[label] = (lambda r, f: lambda: r.run(f))(result.runner, feeds[0][1])
             except Exception:  # noqa: BLE001 - a candidate that fails here is never the fastest
@@ -260,7 +261,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
             out.update(race(fns, on_drop=lambda k: loaded.pop(k).close(), **timing))
         elif fns:  # both races see every form: one slow at the first batch may be the fastest at the second
             first = race(fns, **timing)
-            per_sample = len(next(iter(bigger.values()))) / len(next(iter(feeds[0][1].values())))
+            per_sample = bigger_batch / len(args[0])
             second = race({k: (lambda r: lambda: r.run(bigger))(loaded[k]) for k in fns}, on_drop=lambda k: loaded.pop(k).close(), **timing)
             out.update({k: first[k] + second[k] / per_sample for k in fns})
         for r in loaded.values():

@@ -22,8 +22,6 @@ from torch import nn
 from . import __version__
 from .autoform import WHOLE_MODEL_ALTERNATIVES, Deployment, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
-from .convert import TARGETS
-from .targets import FORM_CHOICES
 from .errors import BadInput
 from .explain import Localiser, explain_runtime_error, module_kinds
 from .exporter import ExportInfo, export_onnx, flatten_outputs, output_names
@@ -41,6 +39,7 @@ from .runtimes.onnxruntime import OnnxRuntimeRunner
 from .runtimes.tensorrt_lint import DEFAULT_VERSIONS as DEFAULT_TRT_VERSIONS
 from .runtimes.tensorrt_lint import lint_tensorrt, rules_for
 from .runtimes.torch_runner import TorchRunner
+from .targets import FORM_CHOICES, TARGETS
 
 Progress = Callable[[str], ContextManager]
 
@@ -78,8 +77,7 @@ class ExportOptions:
     batch_range: tuple[int, int, int] | None = None  # (min, opt, max) with a dynamic batch: parity at each, TensorRT's profile
     workspace_mb: int = 1024
     explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
-    form_choice: str | None = None  # one of targets.FORM_CHOICES; None: auto where forms can be timed, else preferred
-    #                                  None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
+    form_choice: str | None = None  # one of targets.FORM_CHOICES; None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
 
     @property
     def writes_bundle(self) -> bool:

@@ -34,7 +34,7 @@ def _type_name(t) -> str:
 def read_onnx(core, onnx_path: str):
     """What `openvino.convert_model(onnx_path)` gives, without its Python front end: the ONNX frontend's model
     and the same transformations in the same order (openvino/tools/ovc/moc_frontend/moc_emit_ir.py). The
-    front end cost 0.3 s per call, most of the time of loading a form timed alone; tests/test_runtimes.py
+    front end cost 0.3 s per call, most of the time of loading a form timed alone; tests/test_export_runtimes.py
     checks that both give the same model. Falls back to convert_model where OpenVINO moved those functions."""
     try:
         from openvino._offline_transformations import (apply_fused_names_cleanup, apply_moc_transformations,
