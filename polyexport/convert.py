@@ -288,6 +288,16 @@ class _LeafTracer(fx.Tracer):
                 or super().is_leaf_module(m, qualname))
 
 
+def _takes_bn(m: nn.Module) -> bool:
+    """Exactly BatchNorm2d: a subclass may add work to its forward (timm's BatchNormAct2d adds the activation)."""
+    return type(m) is nn.BatchNorm2d
+
+
+def _takes_conv(m: nn.Module) -> bool:
+    """What can take a next-conv fold (whose pair test then asks for nn.Conv2d's own forward)."""
+    return isinstance(m, nn.Conv2d)
+
+
 def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     if has_hooks(producer) or has_hooks(consumer):  # someone observes the BN's input or the conv's output
         return False
@@ -296,14 +306,13 @@ def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     plain = (isinstance(producer, nn.Conv2d) and type(producer).forward is nn.Conv2d.forward
              and type(producer)._conv_forward is nn.Conv2d._conv_forward and producer.padding_mode == "zeros")
     conv_like = plain or hasattr(producer, "fuse_bn")
-    # exactly BatchNorm2d: a subclass may add work to its forward (timm's BatchNormAct2d adds the activation)
-    return conv_like and type(consumer) is nn.BatchNorm2d and consumer.track_running_stats and consumer.running_mean is not None
+    return conv_like and _takes_bn(consumer) and consumer.track_running_stats and consumer.running_mean is not None
 
 
 def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     # the producer rebuilds the conv as a plain nn.Conv2d: only one computing nn.Conv2d's own forward (a subclass
     # may pad from the input size, as timm's Conv2dSame and the Conv2dSame MixConv's forms return do)
-    plain = (isinstance(consumer, nn.Conv2d) and type(consumer).forward is nn.Conv2d.forward
+    plain = (_takes_conv(consumer) and type(consumer).forward is nn.Conv2d.forward
              and type(consumer)._conv_forward is nn.Conv2d._conv_forward)
     return hasattr(producer, "fuse_next_conv") and plain and not (has_hooks(producer) or has_hooks(consumer))
 
@@ -371,7 +380,7 @@ def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
         model, _bn_pair,
         lambda conv, bn: conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn),
         lambda a, b, bn: LayerRecord(b, "BatchNorm2d", "folded", f"into {a}", into=a),
-        consumer=lambda m: type(m) is nn.BatchNorm2d,
+        consumer=_takes_bn,
     )
 
 
@@ -381,7 +390,7 @@ def fold_into_next_conv(model: nn.Module) -> list[LayerRecord]:
         model, _next_conv_pair,
         lambda prev, conv: prev.fuse_next_conv(conv),
         lambda a, b, conv: LayerRecord(b, type(conv).__name__, "absorbed", f"{a} folded into its weights", into=a),
-        consumer=lambda m: isinstance(m, nn.Conv2d),
+        consumer=_takes_conv,
     )
 
 
