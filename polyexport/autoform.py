@@ -56,6 +56,9 @@ WHOLE_MODEL_ALTERNATIVES = 2
 #: per-sample loop for all 19 of dy_resnet18's dynamic convs, which ran at 3.2× resnet18 at batch 8 (1.9× for the
 #: batch-folded static graph); and a form that cannot run at another batch from its graph is caught here.
 DYNAMIC_TIMING_BATCH = 8
+#: a race ends once every form left is within this factor of the fastest: which of them wins then costs at most
+#: this much, and timing them further costs a repeat of each (OctConv's four forms run within noise of each other)
+TIE = 1.02
 
 
 def default_cache_path() -> str:
@@ -95,7 +98,7 @@ class FormTimer:
     """A converter ranker (convert.Ranker) that times forms on one runtime."""
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
-                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.05, dynamic_batch: bool = False,
+                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, dynamic_batch: bool = False,
                  alternatives: int | None = WHOLE_MODEL_ALTERNATIVES):
         self.runtime, self.options, self.inputs = runtime, options, inputs
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
@@ -197,7 +200,7 @@ class FormTimer:
         builds = {f.name: (lambda f: lambda: set_eval(f.build(ref)))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                              repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
-                             second_batch=self.second_batch)
+                             second_batch=self.second_batch, tie=TIE)
 
     def whole_models(self, candidates: dict, args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
         """p50 latency (ms, None where it failed) of each whole deployed model, candidates given as
@@ -217,8 +220,8 @@ class FormTimer:
             want = [t.numpy() for t in flatten_outputs(first(*args))]
         builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                                repeats=5, warmup_s=0.05, min_time_s=0.2, simplifier=self.layer_simplifier,
-                                second_batch=self.second_batch)
+                                repeats=5, warmup_s=0.05, min_time_s=0.1, simplifier=self.layer_simplifier,
+                                second_batch=self.second_batch, min_rounds=3, tie=TIE)
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
         self._save()
         return dict(self.cache[key]), False
@@ -226,7 +229,8 @@ class FormTimer:
 
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
                   runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
-                  min_time_s: float, simplifier: str = "onnxsim", second_batch: int | None = None) -> dict[str, float]:
+                  min_time_s: float, simplifier: str = "onnxsim", second_batch: int | None = None, min_rounds: int = 2,
+                  tie: float | None = None) -> dict[str, float]:
     """Export each built module as the pipeline exports it, run it on `runtime` (in the precision asked:
     options.fp16), judge it against `want` by that precision's tolerance, and race those that match
     (bench.race: interleaved repeats, a clearly slower one leaves early and frees its session): p50 ms each,
@@ -256,7 +260,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 fns[label] = (lambda r, f: lambda: r.run(f))(result.runner, feeds[0][1])
             except Exception:  # noqa: BLE001 - a candidate that fails here is never the fastest
                 out[label] = float("inf")
-        timing = dict(repeats=repeats, warmup=2, warmup_s=warmup_s, min_iters=5, min_time_s=min_time_s)
+        timing = dict(repeats=repeats, warmup=2, warmup_s=warmup_s, min_iters=5, min_time_s=min_time_s, min_rounds=min_rounds, tie=tie)
         if fns and bigger is None:
             out.update(race(fns, on_drop=lambda k: loaded.pop(k).close(), **timing))
         elif fns:  # both races see every form: one slow at the first batch may be the fastest at the second

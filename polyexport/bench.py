@@ -74,25 +74,32 @@ def median(values: list[float]) -> float:
 
 
 def race(fns: dict[str, Callable[[], object]], *, repeats: int = 5, drop_above: float = 1.3, min_rounds: int = 2,
-         drop_at_once: float = 2.0, on_drop: Callable[[str], None] | None = None, **kw) -> dict[str, float]:
+         drop_at_once: float = 2.0, tie: float | None = None, on_drop: Callable[[str], None] | None = None,
+         **kw) -> dict[str, float]:
     """Interleaved repeats (as `interleaved`) that stop timing an alternative once it is clearly slower: after
     `min_rounds`, one whose median so far is above `drop_above` × the best's leaves the race (`on_drop(name)`,
     e.g. to free its session), and the race ends when one is left; one above `drop_at_once` × the best's
-    leaves after the first round already. Returns each one's median p50 (ms) over the rounds it ran. A choice
-    needs the winner, not the losers' exact times: a form 3× slower is known after one round (the noise
-    between two rounds here stays well under 2×), and a close pair still gets every repeat."""
+    leaves after the first round already. With `tie`, the race also ends after `min_rounds` once every one left
+    is within `tie` × the best's: which of them wins then costs at most that. Returns each one's median p50
+    (ms) over the rounds it ran. A choice needs the winner, not the losers' exact times: a form 3× slower is
+    known after one round (the noise between two rounds here stays well under 2×), and a close pair still gets
+    every repeat. Only the first round warms up (`warmup`, `warmup_s`): a session stays warm between rounds."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     alive = list(fns)
+    warm = {**kw, "warmup": 1, "warmup_s": 0.0}
     for round_ in range(repeats):
         for k in alive:
-            per[k].append(measure(fns[k], **kw).p50)
+            per[k].append(measure(fns[k], **(kw if round_ == 0 else warm)).p50)
+        done = round_ + 1 >= min_rounds
         if len(alive) > 1:
             best = min(statistics.median(per[k]) for k in alive)
-            limit = (drop_above if round_ + 1 >= min_rounds else drop_at_once) * best
+            limit = (drop_above if done else drop_at_once) * best
             for k in [k for k in alive if statistics.median(per[k]) > limit]:
                 alive.remove(k)
                 if on_drop:
                     on_drop(k)
-        if len(alive) == 1 and round_ + 1 >= min_rounds:
+            if done and tie is not None and all(statistics.median(per[k]) <= tie * best for k in alive):
+                break
+        if len(alive) == 1 and done:
             break
     return {k: statistics.median(v) for k, v in per.items() if v}

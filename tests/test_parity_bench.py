@@ -113,3 +113,26 @@ def test_race_drops_clear_losers_early_and_keeps_close_ones_to_the_end(monkeypat
                      on_drop=dropped.append)
     assert rounds == {"best": 5, "close": 5, "slower": 2, "far": 1}, rounds
     assert dropped == ["far", "slower"] and out == latency
+
+
+def test_race_ends_on_a_tie_and_warms_up_once(monkeypatch):
+    """With `tie`, a race whose survivors are all within tie × the best after min_rounds ends there (which of them
+    wins costs at most that), while a wider pair runs on; only each alternative's first round warms up."""
+    import polyexport.bench as bench
+
+    latency = {"a": 1.0, "b": 1.01, "c": 1.2}
+    calls = []
+
+    def fake_measure(fn, **kw):
+        name = fn()
+        calls.append((name, kw["warmup"], kw["warmup_s"]))
+        return stats_from([latency[name]] * 3)
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    fns = {k: (lambda k=k: k) for k in latency}
+    bench.race({k: fns[k] for k in "ab"}, repeats=5, min_rounds=3, tie=1.02, warmup=4, warmup_s=0.5)
+    assert [c[0] for c in calls] == list("ab" * 3), calls  # tied after round 3: no rounds 4 and 5
+    assert [c[1:] for c in calls] == [(4, 0.5)] * 2 + [(1, 0.0)] * 4, calls
+    calls.clear()
+    bench.race({k: fns[k] for k in "ac"}, repeats=5, min_rounds=3, tie=1.02, warmup=4, warmup_s=0.5)
+    assert [c[0] for c in calls] == list("ac" * 5), calls  # 1.2× apart: beyond the tie, within drop_above
