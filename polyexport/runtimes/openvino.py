@@ -85,8 +85,10 @@ class OpenVinoRunner(Runner):
         return artifacts
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        # an input the model does not use is dropped by the exporter: not fed (see OnnxRuntimeRunner.run)
-        result = self.request.infer({k: v for k, v in feeds.items() if k in self._inputs})
+        # an input the model does not use is dropped by the exporter: not fed (see OnnxRuntimeRunner.run). The request
+        # reads the caller's arrays in place (a copy where the type or layout differs): a copy per call is overhead the
+        # form choice would time as part of every small layer; outputs are still copied out
+        result = self.request.infer({k: v for k, v in feeds.items() if k in self._inputs}, share_inputs=True)
         return [np.asarray(result[o]) for o in self._outputs]
 
     def describe(self) -> dict:
