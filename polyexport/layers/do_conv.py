@@ -66,9 +66,14 @@ class DOConv2d(nn.Module):
             raise ValueError("out_channels must be divisible by groups")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got padding_mode='{padding_mode}'")
-        if isinstance(padding, str) and padding_mode != "zeros":
-            raise ValueError(f"a string padding ({padding!r}) needs padding_mode='zeros': the official layer pads "
-                             "other modes by F.pad with numbers")
+        if isinstance(padding, str):  # F.conv2d's own strings; the official layer passes them through
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be a number, a pair, 'same' or 'valid', got {padding!r}")
+            if padding_mode != "zeros":
+                raise ValueError(f"a string padding ({padding!r}) needs padding_mode='zeros': the official layer pads "
+                                 "other modes by F.pad with numbers")
+            if padding == "same" and _pair(stride) != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions (F.conv2d refuses it)")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _pair(kernel_size)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
