@@ -36,6 +36,7 @@ from polyexport.outputs import flatten_outputs
 from polyexport.testing import RTOL, max_rel_err, randomize_
 from tests.foreign import condconv as timm_condconv
 from tests.foreign import dcd as dcd_official
+from tests.foreign import do_conv as do_conv_official
 from tests.foreign import drconv as drconv_upstream
 from tests.foreign import drconv_megvii as megvii_upstream
 from tests.foreign import dynamic_conv as dynamic_conv_upstream
@@ -71,6 +72,8 @@ EXAMPLES: dict[str, Example] = {
     "condconv.timm": lambda: (_eval(timm_condconv.CondConv2d(8, 16, 3, stride=2, padding="same", bias=True,
                                                              num_experts=4), 1), (2, 8, 9, 11)),
     "dcd-official": lambda: (dcd_lively(dcd_official.conv_dy(16, 32, 3, 2, 1), seed=2), (2, 16, 9, 7)),
+    "do-conv/DOConv2d": lambda: (_eval(do_conv_official.DOConv2d(6, 9, 3, D_mul=12, stride=2, padding=1, groups=3), 4),
+                                 (2, 6, 9, 11)),
     "drconv-shallowtoil": lambda: (drconv_lively(drconv_upstream.DRConv2d(6, 8, 3, 4, padding=1, stride=2), seed=3),
                                    (2, 6, 11, 9)),
     "drconv-megvii": lambda: (megvii_lively(megvii_upstream.DRConv(5, 7, 3, 2, 1, bias=True, groups_num=4, num_W=3),
@@ -152,7 +155,7 @@ ALSO_MATCHED: dict[str, set[str]] = {}
 #:   - hetconv2d_v2: one conv per output filter becomes one conv per branch (another conv shape, so possibly
 #:     another algorithm).
 EXACT: set[str] = {
-    "condconv.timm", "dcd-official", "drconv-shallowtoil", "dynamic_conv.kaijieshi7", "elnas_spconv2d",
+    "condconv.timm", "dcd-official", "do-conv/DOConv2d", "drconv-shallowtoil", "dynamic_conv.kaijieshi7", "elnas_spconv2d",
     "hetconv_filters", "timm_mixed_conv2d", "octconv.pytorch/OctaveConv", "octconv.pytorch/Conv_BN", "d-li14/PSConv",
     "spd-conv/space_to_depth", "timm/SpaceToDepth", "timm/SpaceToDepthModule", "yolov5/Detect",
 }
