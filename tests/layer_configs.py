@@ -29,6 +29,7 @@ from polyexport.convert import Form, convert, registered_layers
 from polyexport.exporter import flatten_outputs
 from polyexport.layers.condconv import CondConv2d, pad_same
 from polyexport.layers.dcd import DYModule, conv_basic_dy, conv_dy
+from polyexport.layers.do_conv import DOConv2d
 from polyexport.layers.drconv import DRConv2d
 from polyexport.layers.drconv_megvii import DRConv
 from polyexport.layers.dynamic_conv import Dynamic_conv2d
@@ -344,6 +345,29 @@ def even_conv_cases(draw, cls: type) -> LayerCase:
 
 
 @st.composite
+def do_conv_cases(draw, cls: type) -> LayerCase:
+    """DOConv2d: groups (dense, grouped, depthwise with a multiplier), non-square and 1×1 kernels, D_mul below, at
+    and above M·N, numeric pads unequal per axis (the official F.pad swaps them in non-zero modes), string pads."""
+    g = draw(st.sampled_from([1, 1, 2, 3]))
+    depthwise = draw(st.integers(0, 3)) == 0
+    cin = draw(st.integers(1, 12)) if depthwise else g * draw(st.integers(1, 12 // g))
+    groups = cin if depthwise else g
+    cout = groups * draw(st.integers(1, max(1, 12 // groups)))
+    kh, kw = draw(st.sampled_from([1, 1, 2, 3, 3, 4])), draw(st.sampled_from([1, 2, 3, 3, 4]))
+    d_mul = draw(st.sampled_from([None, None, kh * kw, kh * kw + draw(st.integers(1, 5)), max(1, kh * kw - 2)]))
+    stride, dilation, bias = (draw(st.integers(1, 2)), draw(st.integers(1, 2))), draw(st.integers(1, 2)), draw(st.booleans())
+    mode = draw(st.sampled_from(["zeros", "zeros", "zeros", "reflect", "replicate", "circular"]))
+    strings = ["valid"] + (["same", "same"] if stride == (1, 1) and mode == "zeros" else [])
+    padding = draw(st.sampled_from([(0, 0), (1, 1), (1, 2), (2, 0)] + (strings if mode == "zeros" else [])))
+    kw_ = dict(D_mul=d_mul, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias, padding_mode=mode)
+    layer = _build(lambda: DOConv2d(cin, cout, (kh, kw), **kw_))
+    post, post_name = draw(followers(cout))
+    b, h, w = _batch(draw), _odd_biased_size(draw, 4, 12), _odd_biased_size(draw, 4, 12)
+    label = f"DOConv2d({cin}, {cout}, ({kh}, {kw}), {kw_}) {post_name} @{b}x{cin}x{h}x{w}"
+    return _finish(layer, Harness(layer, post), [(b, cin, h, w)], label, _seed(draw))
+
+
+@st.composite
 def next_convs(draw, cin: int) -> tuple[list[nn.Module], str]:
     """The conv an SPD layer may fold into: plain (string paddings, groups, dilation, padding modes),
     'same'-padded subclasses (timm's, ours), a MixConv (whose forms return one), or none."""
@@ -604,6 +628,7 @@ GENERATORS: dict[str, Callable[[type], st.SearchStrategy[LayerCase]]] = {
     "Dynamic_conv2d": dynamic_conv_cases,
     "DRConv2d": drconv_cases,
     "DRConv": drconv_megvii_cases,
+    "DOConv2d": do_conv_cases,
     "conv_dy": dcd_cases, "conv_basic_dy": dcd_cases, "DYModule": dcd_cases,
     "RelPosAttention": rel_attention_cases,
     "CondInstMaskHead": condinst_cases,
