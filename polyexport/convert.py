@@ -302,9 +302,10 @@ def _bn_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     if has_hooks(producer) or has_hooks(consumer):  # someone observes the BN's input or the conv's output
         return False
     # a plain conv is rebuilt by fuse_conv_bn: only one computing nn.Conv2d's own forward (a subclass may pad
-    # from the input size, as timm's Conv2dSame does); other modules fold through their own fuse_bn
+    # from the input size, as timm's Conv2dSame does), in any padding mode (the BN acts after the padding);
+    # other modules fold through their own fuse_bn
     plain = (isinstance(producer, nn.Conv2d) and type(producer).forward is nn.Conv2d.forward
-             and type(producer)._conv_forward is nn.Conv2d._conv_forward and producer.padding_mode == "zeros")
+             and type(producer)._conv_forward is nn.Conv2d._conv_forward)
     conv_like = plain or hasattr(producer, "fuse_bn")
     return conv_like and _takes_bn(consumer) and consumer.track_running_stats and consumer.running_mean is not None
 

@@ -36,7 +36,8 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
         conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(conv.weight.device)
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    )
     w, b = fold_bn_into(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), bn)
     with torch.no_grad():
         fused.weight.copy_(w)

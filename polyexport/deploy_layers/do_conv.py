@@ -10,8 +10,7 @@ dtype, it is an ordinary conv with the reference's stride, dilation, groups and 
       - another padding mode keeps the official axis swap: the reference pads F.pad(x, (ph, ph, pw, pw)), i.e. width
         by ph and height by pw, which is nn.Conv2d's padding (pw, ph) with that padding_mode.
     FLOPs and parameters those of a plain conv of the same shape (the paper's point: DO-Conv costs nothing at
-    inference). A following BN is folded by the converter (`conv_bn.fuse_conv_bn`) where the padding mode is
-    zeros.
+    inference). A following BN is folded by the converter (`conv_bn.fuse_conv_bn`), in any padding mode.
 """
 from __future__ import annotations
 
@@ -47,9 +46,8 @@ def build_conv(ref: DOConv2d) -> nn.Module:
     return written_out(conv.eval())
 
 
-#: One form, so no order to choose. Measured anyway (benchmarks/layers.py --only do_conv, 1 thread, 3 repeats, shared
-#: 2-core CPU): 0.93-1.01x a plain conv of the same shape on ONNX Runtime, 0.99-1.00x on OpenVINO, at ResNet-50's
-#: 3x3 shapes and MobileNet's depthwise ones; the reference as exported (constant-folded) is as fast.
+#: One form, so no order to choose; its speed against a plain conv of the same shape: `python benchmarks/layers.py
+#: --only do_conv` (benchmarks/results/layers.md).
 register_layer(
     DOConv2d,
     forms=[
