@@ -51,7 +51,7 @@ def run(args) -> list[dict]:
                 for tag in modules:
                     f = flops(modules[tag], *x)
                     row = {"layer": case.layer, "config": case.config, "runtime": rt, "module": tag,
-                           "flops_ratio": f / base_flops, "note": case.notes.get(tag.removeprefix("form:"), "")}
+                           "flops_ratio": f / base_flops, "note": case.notes.get(tag.removeprefix("form:"), ""), "machine": machine()}
                     if tag in stats:
                         row.update(ms=stats[tag].p50, cov=stats[tag].cov, ratio=stats[tag].p50 / y)
                     else:
@@ -116,6 +116,8 @@ def merge_rows(path: str, rows: list[dict], threads: int) -> list[dict]:
         saved = json.load(f)
     if saved["threads"] != threads:
         raise SystemExit(f"--merge: {path} was measured with {saved['threads']} thread(s), this run with {threads}")
+    for r in saved["rows"]:  # rows from before rows named their machine: the file's
+        r.setdefault("machine", saved.get("machine", ""))
     fresh: dict[str, list[dict]] = {}
     for r in rows:
         fresh.setdefault(r["layer"], []).append(r)
@@ -148,6 +150,8 @@ def main() -> None:
         with open(args.from_json) as f:
             saved = json.load(f)
         rows, args.threads = saved["rows"], saved["threads"]
+        for r in rows:
+            r.setdefault("machine", saved.get("machine", ""))
     else:
         rows = run(args)
         if args.merge:
@@ -159,8 +163,20 @@ def main() -> None:
     print(f"\n{machine()}; threads={args.threads}; {time.time() - t0:.0f} s")
     if args.from_json:
         args.json = None  # re-rendering: the measured rows stay as they were
-    write_outputs(args, md + f"\n\n{machine()}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats",
+    write_outputs(args, md + f"\n\n{machines(rows)}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats",
                   {"threads": args.threads, "versions": versions(), "rows": rows})
+
+
+def machines(rows: list[dict]) -> str:
+    """Which machine measured which layers (merged runs may come from several; ratios compare within a row's machine)."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        names = by.setdefault(r.get("machine") or machine(), [])
+        if r["layer"] not in names:
+            names.append(r["layer"])
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{', '.join(names)}: {m}" for m, names in by.items())
 
 
 if __name__ == "__main__":
