@@ -96,6 +96,11 @@ def main() -> None:
                         assigned[tag] = assign
                 if sum("=" in k for k in fns) < 2:  # nothing to choose between (one form per layer type)
                     continue
+                if "auto" not in fns:  # the automatic choice failed to export or load: a result, and a bug to fix
+                    rows.append([name, rt, "fails", "—", "—", "—", "—", "**auto failed to export or load**", ""])
+                    records.append({"model": name, "runtime": rt, "auto_failed": True})
+                    print(rows[-1], flush=True)
+                    continue
                 per = interleaved_medians(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=5, min_time_s=0.3)
                 p50 = {k: statistics.median(v) for k, v in per.items()}
                 fixed = [k for k in per if "=" in k]

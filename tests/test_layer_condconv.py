@@ -138,6 +138,24 @@ def test_block_conversion_folds_all_bns():
         convert(model, dynamic_batch=True, forms={"CondConv2d": "bank_grouped"})
 
 
+def test_a_per_sample_loop_then_a_grouped_bank_exports():
+    """A mix the form choice can make (cc_efficientnet_b0 on OpenVINO did): a `sample_conv` layer, whose If the
+    exporter could not type, then a `bank_grouped` one whose kernel is computed from a routing of that output.
+    The If's output had no sizes, so neither had anything after it, and the later conv's run-time kernel could
+    not be exported ("convolution for kernel of unknown shape")."""
+    model = nn.Sequential(block(), block(seed=1)).eval()
+    first = {"0.conv_dw": "sample_conv", "0.conv_pw": "bank_batched", "0.conv_pwl": "bank_batched"}
+
+    def ranker(name: str, ref: nn.Module, forms: list) -> list:
+        want = first.get(name, "bank_grouped")
+        return sorted(forms, key=lambda f: f.name != want)
+
+    deployed, records = convert(model, ranker=ranker)
+    assert {r.name: r.form for r in records if r.type == "CondConv2d"} == {
+        f"{i}.{c}": first.get(f"{i}.{c}", "bank_grouped") for i in "01" for c in ("conv_pw", "conv_dw", "conv_pwl")}
+    check_static_batch(model, deployed, (2, 16, 9, 9))
+
+
 def test_converted_block_on_runtimes():
     model = block()
     deployed, _ = convert(model, dynamic_batch=True)

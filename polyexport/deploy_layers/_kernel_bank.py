@@ -104,6 +104,12 @@ class _PerSampleConv(torch.autograd.Function):
         ts_utils._add_output_to_block(body.block, body.op("Cast", _int_const(body, 1), to_i=9))
         ts_utils._add_output_to_block(body.block, one)  # scan output: (batch, 1, out, h, w)
         ts_utils._add_output_to_block(several.block, several.op("Squeeze", stacked, _int_const(several, [1])))
+        # the If's output type, as far as x's is known: without it, every size after this layer is unknown to the
+        # exporter, and a later conv whose kernel is computed at run time (GroupedBank) cannot be exported
+        sizes = sh._get_tensor_sizes(x) or [None] * 4
+        spatial = [None if n is None else (n + 2 * p - d * (k - 1) - 1) // st + 1
+                   for n, p, d, k, st in zip(sizes[2:], padding, dilation, kernel_shape[2:], stride)]
+        out.setType(x.type().with_sizes([sizes[0], kernel_shape[0], *spatial]))
         return out
 
 
