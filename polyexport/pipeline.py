@@ -22,9 +22,10 @@ from torch import nn
 from . import __version__
 from .autoform import WHOLE_MODEL_ALTERNATIVES, Deployment, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
-from .errors import BadInput
+from .convert import assignment, convert
+from .errors import BadInput, ExportFailed
 from .explain import Localiser, explain_runtime_error, module_kinds
-from .exporter import ExportInfo, export_onnx, flatten_outputs, output_names
+from .exporter import ExportInfo, export_onnx, first_line, flatten_outputs, output_names
 from .exporter.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .modules import set_eval
@@ -229,8 +230,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     with phase("reference", "reference outputs (PyTorch)"):
         reference = take_reference(model, job)
     with OutputTransaction(opts.out, opts.force) as tx:
-        deployment = deploy_stage(model, job, reference, stages, phase)
-        graph, raw, info = export_stage(deployment.model, job, reference, stages, phase, str(tx.artifacts), str(tx.scratch))
+        deployment, (graph, raw, info) = deploy_and_export_stages(model, job, reference, stages, phase, str(tx.artifacts), str(tx.scratch))
         if opts.target == "tensorrt":
             tensorrt_check_stage(graph, job, stages, phase, [n for n, _ in deployment.model.named_modules() if n])
         localiser = Localiser(model, deployment.model, deployment.records, job.example, job.names, reference.n_outputs,
@@ -368,14 +368,38 @@ def run_reference(model: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray
 def deploy_stage(model: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases) -> Deployment:
     """Swap every known layer for its deploy form (timed on the target where the choice is automatic), and
     prove the deployed model in PyTorch: the ladder's first rung."""
-    opts = job.opts
-    if not opts.deploy:
+    if not job.opts.deploy:
         return Deployment(model, [])
-    deployment = deploy_for(model, job.example, opts, lambda label: phase("deploy", label))
+    deployment = deploy_for(model, job.example, job.opts, lambda label: phase("deploy", label))
+    torch_parity_stage(deployment, job, reference, stages, phase)
+    return deployment
+
+
+def torch_parity_stage(deployment: Deployment, job: Job, reference: Reference, stages: Stages, phase: Phases) -> None:
     with phase("parity", "deployed model in PyTorch"):
         torch_run = run_graph("torch-deployed", TorchRunner(deployment.model, job.names), None, "", job.input_sets)
-        stages.parity["torch-deployed"] = reference.judge(torch_run, *opts.fp32_tolerances)
-    return deployment
+        stages.parity["torch-deployed"] = reference.judge(torch_run, *job.opts.fp32_tolerances)
+
+
+def deploy_and_export_stages(model: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases, artifacts: str,
+                             scratch: str) -> tuple[Deployment, tuple[str, str, ExportInfo]]:
+    """deploy_stage, then export_stage. Each timed form exported alone, but their mix may not export as one graph (a
+    form whose output sizes the exporter cannot follow, before one that needs them): then the registered preferred
+    order is deployed and exported instead, with a note, rather than no graph at all."""
+    deployment = deploy_stage(model, job, reference, stages, phase)
+    try:
+        return deployment, export_stage(deployment.model, job, reference, stages, phase, artifacts, scratch)
+    except ExportFailed as e:
+        opts = job.opts
+        if not deployment.choices:
+            raise
+        preferred = Deployment(*convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict))
+        if assignment(preferred.records) == assignment(deployment.records):
+            raise
+        preferred.notes = [*deployment.notes, f"the timed choice of forms did not export as one graph ({first_line(e)}); "
+                           "the registered preferred order was exported instead (please report this model)"]
+        torch_parity_stage(preferred, job, reference, stages, phase)
+        return preferred, export_stage(preferred.model, job, reference, stages, phase, artifacts, scratch)
 
 
 def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None) -> Deployment:

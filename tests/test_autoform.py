@@ -191,3 +191,50 @@ def test_form_thorough_is_accepted_and_lifts_the_cap(tmp_path, monkeypatch):
         main(["zoo:test_mixconv_net", "--target", "openvino", "--form", "thorough", "--out", out, "--no-bench", "--threads", "1"])
     assert e.value.code == 0
     assert [c["name"] for c in json.load(open(os.path.join(out, "report.json")))["form_choices"]][:2] == ["0", "3"]
+
+
+class _NoExport(torch.autograd.Function):
+    """The identity in eager, an op whose export fails (as a conv whose kernel sizes the exporter lost does)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ARG004
+        return x.clone()
+
+    @staticmethod
+    def symbolic(g, x):  # noqa: ARG004
+        raise RuntimeError("Unsupported: ONNX export of this op")
+
+
+class _Unexportable(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return _NoExport.apply(self.inner(x))
+
+
+def test_a_timed_mix_that_does_not_export_falls_back_to_the_preferred_order(tmp_path, monkeypatch):
+    """Forms that export alone may not export together: the run ships the registered preferred order with a note
+    (and proves it like any other) rather than ending without a graph. The timed choice is stood in for by a
+    non-preferred form whose deployed model cannot export."""
+    import polyexport.pipeline as pipeline
+    from polyexport.autoform import Deployment
+
+    model = mixconv_net()
+    preferred = [r.form for r in convert(model, target="onnxruntime")[1] if r.type == "MixedConv2d"]
+    other = next(f for f in ("single", "split", "aligned") if f != preferred[0])
+    deployed, records = convert(model, target="onnxruntime", forms={"MixedConv2d": other})
+    deployed[0] = _Unexportable(deployed[0])
+    choice = {"name": "0", "type": "MixedConv2d", "runtime": "onnxruntime", "input": [[1, 16, 20, 20]],
+              "timings_ms": {other: 1.0, preferred[0]: 1.1}, "chosen": other, "cached": False, "seconds": 0.1}
+    timed = Deployment(deployed, records, choices=[choice])
+    monkeypatch.setattr(pipeline, "deploy_for", lambda *a, **k: timed)
+    out = str(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:
+        main(["zoo:test_mixconv_net", "--target", "onnxruntime", "--out", out, "--no-bench", "--threads", "1"])
+    assert e.value.code == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert [r["form"] for r in report["layers"] if r["type"] == "MixedConv2d"] == preferred
+    assert any("did not export as one graph" in n and "preferred order" in n for n in report["notes"])
+    assert all(p["passed"] for p in report["parity"].values())
