@@ -34,8 +34,9 @@ from polyexport.pipeline import ExportOptions, deploy_for  # noqa: E402
 def variants(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str) -> dict[str, tuple[torch.nn.Module, tuple]]:
     """{tag: (deployed model, assignment)} for auto, the preferred order and every single fixed form."""
     _, records = convert(model)
-    types = sorted({r.type for r in records if r.form not in ("folded", "absorbed", "reference")})
     entries = {t.__name__: e for t, e in registered_layers().items()}
+    # an adapted layer's record names the foreign class (ultralytics' Detect): forced by its reference's name only
+    types = sorted({r.type for r in records if r.form not in ("folded", "absorbed", "reference") and r.type in entries})
     os.environ["POLYEXPORT_CACHE"] = cache  # the pipeline's own automatic choice, with a fresh cache
     chosen = deploy_for(model, [x.numpy()], ExportOptions(target=rt, threads=threads, form_choice="auto"))
     auto, auto_records = chosen.model, chosen.records

@@ -4,7 +4,8 @@ Several forms are exact; which is fastest depends on the runtime, its version, t
 thread count and the layer's shape (measured: MixConv's split form is 5× slower than its single
 form in ONNX Runtime at 22-channel splits and on par in OpenVINO). So for each converted layer the
 usable exact forms are exported as single-layer graphs at the layer's real input (captured in one
-forward pass of the model), timed in turns on the runtime, and the fastest chosen. Timings are
+forward pass of the model), framed by identity convs as a network frames them (`Framed`), timed in turns on
+the runtime, and the fastest chosen. Timings are
 cached in a JSON file keyed by (runtime, version, device, threads, precision, layer signature), so a
 second export of the same model, or of another with the same layer shapes, is instant; within one run,
 layers with the same signature are timed once.
@@ -114,7 +115,7 @@ class FormTimer:
         self.alternatives = alternatives  # whole-model alternatives timed at most (None: every plausible one)
         self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
-                        f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else ""))
+                        f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else "") + "|framed")
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.tell: Callable[[str], object] = lambda msg: None  # progress within the deploy phase (set by choose_deployment)
         self._asked = 0
@@ -193,11 +194,12 @@ class FormTimer:
         return ranked
 
     def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form]) -> dict[str, float]:
-        """Each form's latency; inf for a form that fails to export, to run, or to match the reference
-        layer on this runtime at this input (so a form that is wrong here is never chosen)."""
+        """Each form's latency, framed (Framed); inf for a form that fails to export, to run, or to match the
+        reference layer on this runtime at this input (so a form that is wrong here is never chosen)."""
         with torch.no_grad():
             want = [t.numpy() for t in flatten_outputs(ref(*args))]
-        builds = {f.name: (lambda f: lambda: set_eval(f.build(ref)))(f) for f in forms}
+        frame = Framed.channels(args), Framed.channels(want)
+        builds = {f.name: (lambda f: lambda: Framed(set_eval(f.build(ref)), *frame))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                              repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
                              second_batch=self.second_batch, tie=TIE)
@@ -225,6 +227,39 @@ class FormTimer:
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
         self._save()
         return dict(self.cache[key]), False
+
+
+class Framed(nn.Module):
+    """A layer timed alone, between identity depthwise 1×1 convs on each image input and output (exactly the layer's
+    numbers). Alone, a layer's graph starts and ends in the plain layout, so a runtime that computes convs in its
+    own blocked layout (OpenVINO) pays reorders at both edges that it does not pay between layers of a network:
+    that favoured forms without convs (MatMuls) by up to 2.6× on single layers (DCD, CondConv) whose whole
+    models then ran 1.2× to 3.7× slower. Framed, the edges are convs, as in a network."""
+
+    def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None]):
+        super().__init__()
+        self.inner = inner
+        self.pre = nn.ModuleList([self._identity(c) for c in in_channels])
+        self.post = nn.ModuleList([self._identity(c) for c in out_channels])
+
+    @staticmethod
+    def channels(tensors) -> list[int | None]:
+        """The channel count of each 4-D (image) tensor, None for any other (routing weights, boxes): left as it is."""
+        return [t.shape[1] if len(getattr(t, "shape", ())) == 4 and t.shape[1] > 0 else None for t in tensors]
+
+    @staticmethod
+    def _identity(channels: int | None) -> nn.Module:
+        if channels is None:
+            return nn.Identity()
+        conv = nn.Conv2d(channels, channels, 1, groups=channels)
+        with torch.no_grad():
+            conv.weight.fill_(1.0)
+            conv.bias.zero_()
+        return conv.eval()
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = flatten_outputs(self.inner(*(pre(a) for pre, a in zip(self.pre, args))))
+        return tuple(post(o) for post, o in zip(self.post, out))
 
 
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,

@@ -238,3 +238,27 @@ def test_a_timed_mix_that_does_not_export_falls_back_to_the_preferred_order(tmp_
     assert [r["form"] for r in report["layers"] if r["type"] == "MixedConv2d"] == preferred
     assert any("did not export as one graph" in n and "preferred order" in n for n in report["notes"])
     assert all(p["passed"] for p in report["parity"].values())
+
+
+def test_a_form_is_timed_framed_by_identity_convs(tmp_path):
+    """Framed puts an identity depthwise 1×1 conv on each image input and output of the layer (routing vectors and
+    other non-image tensors pass as they are): the numbers are the layer's own, bit for bit, and the frame convs
+    are in the exported graph the runtime times."""
+    import onnx
+
+    from polyexport.autoform import Framed
+    from polyexport.exporter import export_onnx, flatten_outputs
+    from polyexport.layers.condconv import CondConv2d
+
+    layer = randomize_(CondConv2d(6, 10, 3, padding=1, num_experts=3), seed=5).eval()
+    args = (torch.randn(2, 6, 7, 9), torch.rand(2, 3))
+    with torch.no_grad():
+        want = flatten_outputs(layer(*args))
+        framed = Framed(layer, Framed.channels(args), Framed.channels(want))
+        got = framed(*args)
+    assert Framed.channels(args) == [6, None] and Framed.channels(want) == [10]
+    assert len(got) == 1 and torch.equal(got[0], want[0])
+    path = str(tmp_path / "f.onnx")
+    export_onnx(framed, args, path, input_names=["input_0", "input_1"], n_outputs=1, simplifier="onnxsim")
+    groups = sorted(a.i for n in onnx.load(path).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    assert groups.count(6) == 1 and groups.count(10) == 1, groups
