@@ -163,7 +163,7 @@ def main() -> None:
     print(f"\n{machine()}; threads={args.threads}; {time.time() - t0:.0f} s")
     if args.from_json:
         args.json = None  # re-rendering: the measured rows stay as they were
-    write_outputs(args, md + f"\n\n{machines(rows)}; threads={args.threads}; latency ratios are medians of {args.repeats} interleaved repeats",
+    write_outputs(args, md + f"\n\n{machines(rows)}; threads={args.threads}; latency ratios are medians of interleaved repeats ({args.repeats} in the run that wrote this)",
                   {"threads": args.threads, "versions": versions(), "rows": rows})
 
 
