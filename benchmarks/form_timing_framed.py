@@ -1,6 +1,6 @@
 """Each layer's forms timed alone vs framed by identity depthwise 1×1 convs (autoform.Framed), per runtime.
 
-For the first N layer signatures of each model, every exact form is timed as the form timer times it
+For the first N layer signatures of each model, every form the form timer would time (exact and usable here) is timed as the form timer times it
 (autoform._time_checked: exported, checked against the reference, raced in interleaved repeats) twice: its graph
 alone (the plain layout at both edges) and framed (an identity depthwise 1×1 conv on each image input and output,
 as a network's neighbours put convs there). Prints each form's time relative to the fastest of its layer, both
@@ -23,26 +23,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.autoform import Framed, _time_checked, capture_layer_inputs, signature  # noqa: E402
-from polyexport.convert import registered_layers  # noqa: E402
+from form_timing_one_graph import layer_forms  # noqa: E402  (the forms the form timer would time, per signature)
+
+from polyexport.autoform import Framed, _time_checked  # noqa: E402
 from polyexport.exporter import flatten_outputs  # noqa: E402
 from polyexport.modules import set_eval  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
 
 
-def layers_of(name: str, count: int) -> list[tuple[str, torch.nn.Module, tuple]]:
-    """The first `count` distinct layer signatures of a zoo model, with the inputs the model gives them."""
-    model = set_eval(zoo.instantiate(name, seed=0))
-    inputs = capture_layer_inputs(model, (torch.randn(*zoo.get(name).input_shape),))
-    known, seen = registered_layers(), {}
-    for n, m in model.named_modules():
-        if type(m) in known and n in inputs:
-            seen.setdefault(signature(m, inputs[n]), (n, m, inputs[n]))
-    return list(seen.values())[:count]
-
-
-def timed(ref: torch.nn.Module, args: tuple, rt: str, threads: int, framed: bool, repeats: int) -> dict[str, float]:
-    forms = [f for f in registered_layers()[type(ref)].candidates(rt, ref) if f.exact_for(ref) is None]
+def timed(ref: torch.nn.Module, args: tuple, forms: list, rt: str, threads: int, framed: bool, repeats: int) -> dict[str, float]:
     with torch.no_grad():
         out = [t.numpy() for t in flatten_outputs(ref(*args))]
     frame = (Framed.channels(args), Framed.channels(out))
@@ -66,9 +55,12 @@ def main() -> None:
     t0 = time.time()
     rows = []
     for name in args.models:
-        for layer, ref, inputs in layers_of(name, args.layers):
-            for rt in runtimes_here(args.runtimes):
-                ms = {how: timed(ref, inputs, rt, args.threads, how == "framed", args.repeats) for how in ("alone", "framed")}
+        model = set_eval(zoo.instantiate(name, seed=0))
+        x = (torch.randn(*zoo.get(name).input_shape),)
+        for rt in runtimes_here(args.runtimes):
+            for ref, inputs, forms in list(layer_forms(model, x, rt).values())[:args.layers]:
+                layer = f"{type(ref).__name__} {'x'.join(map(str, inputs[0].shape))}"
+                ms = {how: timed(ref, inputs, forms, rt, args.threads, how == "framed", args.repeats) for how in ("alone", "framed")}
                 if not ms["alone"] or set(ms["alone"]) != set(ms["framed"]):
                     print(f"{name} {layer} {rt}: forms failed differently alone and framed: {ms}", flush=True)
                     continue

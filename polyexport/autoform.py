@@ -233,8 +233,9 @@ class Framed(nn.Module):
     """A layer timed alone, between identity depthwise 1×1 convs on each image input and output (exactly the layer's
     numbers). Alone, a layer's graph starts and ends in the plain layout, so a runtime that computes convs in its
     own blocked layout (OpenVINO) pays reorders at both edges that it does not pay between layers of a network:
-    that favoured forms without convs (MatMuls) by up to 2.6× on single layers (DCD, CondConv) whose whole
-    models then ran 1.2× to 3.7× slower. Framed, the edges are convs, as in a network."""
+    that favoured forms without convs (MatMuls) on single layers (DCD, CondConv: benchmarks/form_timing_framed.py)
+    whose whole models then ran 1.2× to 3.7× slower (benchmarks/results/forms.md). Framed, the edges are convs,
+    as in a network."""
 
     def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None]):
         super().__init__()

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .autoform import WHOLE_MODEL_ALTERNATIVES, Deployment, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
-from .convert import assignment, convert
+from .convert import assignment
 from .errors import BadInput, ExportFailed
 from .explain import Localiser, explain_runtime_error, module_kinds
 from .exporter import ExportInfo, export_onnx, first_line, flatten_outputs, output_names
@@ -393,7 +393,7 @@ def deploy_and_export_stages(model: nn.Module, job: Job, reference: Reference, s
         opts = job.opts
         if not deployment.choices:
             raise
-        preferred = Deployment(*convert(model, opts.target, opts.forms, opts.dynamic_batch, opts.strict))
+        preferred = deploy_for(model, job.example, replace(opts, form_choice="preferred"), lambda label: phase("deploy", label))
         if assignment(preferred.records) == assignment(deployment.records):
             raise
         preferred.notes = [*deployment.notes, f"the timed choice of forms did not export as one graph ({first_line(e)}); "

@@ -233,7 +233,9 @@ def test_a_timed_mix_that_does_not_export_falls_back_to_the_preferred_order(tmp_
     choice = {"name": "0", "type": "MixedConv2d", "runtime": "onnxruntime", "input": [[1, 16, 20, 20]],
               "timings_ms": {other: 1.0, preferred[0]: 1.1}, "chosen": other, "cached": False, "seconds": 0.1}
     timed = Deployment(deployed, records, choices=[choice])
-    monkeypatch.setattr(pipeline, "deploy_for", lambda *a, **k: timed)
+    real = pipeline.deploy_for
+    monkeypatch.setattr(pipeline, "deploy_for", lambda model, arrays, opts, *a: real(model, arrays, opts, *a)
+                        if opts.form_choice == "preferred" else timed)
     out = str(tmp_path / "o")
     with pytest.raises(SystemExit) as e:
         main(["zoo:test_mixconv_net", "--target", "onnxruntime", "--out", out, "--no-bench", "--threads", "1"])
