@@ -217,13 +217,17 @@ class GroupedBank(_BankForm):
         super().__init__(bank)
         self.register_buffer("flat", bank.weight.reshape(bank.experts, -1).clone())
         self.register_buffer("bank_bias", bank.bias.clone())
+        # plain ints: a size read from a tensor while tracing is traced, and a kernel reshaped by traced sizes has an
+        # unknown shape wherever the input's shape is unknown (after a layer whose output the exporter cannot size),
+        # which the ONNX exporter refuses for a Conv's weight
+        self.kernel_shape = tuple(int(k) for k in bank.weight.shape[2:])
+        self.out_channels = int(bank.weight.shape[1])
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        kshape = self.bank.weight.shape[2:]
-        weight = torch.matmul(a, self.flat).reshape(-1, *kshape)
+        b, c, h, w = (int(s) for s in x.shape)  # a static-batch form: plain ints keep every shape known to the exporter
+        weight = torch.matmul(a, self.flat).reshape(b * self.out_channels, *self.kernel_shape)
         out = self.bank.conv(x.reshape(1, b * c, h, w), weight, None, self.bank.groups * b)
-        return out.reshape(b, self.bank.out_channels, out.shape[-2], out.shape[-1]) + self.mixed_bias(a)
+        return out.reshape(b, self.out_channels, out.shape[-2], out.shape[-1]) + self.mixed_bias(a)
 
 
 class BatchedBank(_BankForm):
