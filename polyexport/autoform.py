@@ -36,7 +36,7 @@ from torch import nn
 from .bench import race
 from .errors import BadInput
 from .convert import Form, LayerRecord, assignment, convert, is_known_layer, plan, registered_layers
-from .exporter import export_onnx, flatten_outputs
+from .exporter import ExportInfo, export_onnx, flatten_outputs
 from .exporter.fp16 import graph_for
 from .modules import set_eval
 from .parity import Tolerance, judge
@@ -95,13 +95,36 @@ def signature(ref: nn.Module, args: tuple[torch.Tensor, ...]) -> str:
     return type(ref).__name__ + ":" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class FinalExport:
+    """How the pipeline will export the deployed model. The whole-model check exports its candidates exactly so, into
+    `folder`, and the winner's graph becomes the final export: a model is not exported twice (a second export of
+    OctResNet-50 cost 1.3 s, and onnxsim of a CondConv model's `If`s on OpenVINO 2.3 s)."""
+
+    folder: str
+    input_names: list[str]
+    kw: dict  # export_onnx's opset, exporter and dynamic_axes, as the final export passes them
+
+
+@dataclass(frozen=True)
+class CheckedGraph:
+    """A whole-model candidate as the check exported it (FinalExport): the graph it timed, the simplifier that made
+    it from the exporter's raw graph (kept beside it)."""
+
+    info: ExportInfo
+    raw: str
+    simplifier: str
+
+
 class FormTimer:
     """A converter ranker (convert.Ranker) that times forms on one runtime."""
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
                  cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, dynamic_batch: bool = False,
-                 alternatives: int | None = WHOLE_MODEL_ALTERNATIVES):
+                 alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None):
         self.runtime, self.options, self.inputs = runtime, options, inputs
+        self.final = final  # where and how whole-model candidates are exported (None: a temporary folder, generic names)
+        self.exported: dict[str, CheckedGraph] = {}  # the last whole-model check's exports, by candidate
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path: str | None = cache_path or default_cache_path()
         self.repeats, self.min_time_s = repeats, min_time_s
@@ -221,9 +244,10 @@ class FormTimer:
         with torch.no_grad():
             want = [t.numpy() for t in flatten_outputs(first(*args))]
         builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
+        self.exported = {}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                                 repeats=5, warmup_s=0.05, min_time_s=0.1, simplifier=self.layer_simplifier,
-                                second_batch=self.second_batch, min_rounds=3, tie=TIE)
+                                second_batch=self.second_batch, min_rounds=3, tie=TIE, final=self.final, files=self.exported)
         self.cache[key] = {k: _finite(v) for k, v in timings.items()}
         self._save()
         return dict(self.cache[key]), False
@@ -266,13 +290,16 @@ class Framed(nn.Module):
 def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.Tensor, ...], want: list,
                   runtime: str, options: RunnerOptions, dynamic_batch: bool, repeats: int, warmup_s: float,
                   min_time_s: float, simplifier: str = "onnxsim", second_batch: int | None = None, min_rounds: int = 2,
-                  tie: float | None = None) -> dict[str, float]:
+                  tie: float | None = None, final: FinalExport | None = None,
+                  files: dict[str, CheckedGraph] | None = None) -> dict[str, float]:
     """Export each built module as the pipeline exports it, run it on `runtime` (in the precision asked:
     options.fp16), judge it against `want` by that precision's tolerance, and race those that match
     (bench.race: interleaved repeats, a clearly slower one leaves early and frees its session): p50 ms each,
     inf where building, exporting, running or matching failed. With `second_batch` (dynamic-batch graphs) a
-    second race runs at that batch, and each time is the first's plus the second's per sample."""
-    names = [f"input_{i}" for i in range(len(args))]
+    second race runs at that batch, and each time is the first's plus the second's per sample. With `final`, each
+    is exported as the final export will be (its input names, opset, exporter, named axes) into final.folder, its raw
+    graph kept beside it, and `files` gets label -> CheckedGraph of each that exported."""
+    names = final.input_names if final else [f"input_{i}" for i in range(len(args))]
     feeds = [("check", {n: a.numpy() for n, a in zip(names, args)})]
     bigger = _at_batch(feeds[0][1], second_batch) if second_batch else None
     bigger_batch = len(next(iter(bigger.values()))) if bigger else 0
@@ -283,9 +310,13 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
             try:
                 with torch.no_grad():
                     module = build()
-                path = os.path.join(tmp, f"candidate{i}.onnx")
-                export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
-                            simplifier=simplifier, validate=False)
+                folder = final.folder if final else tmp
+                path = os.path.join(folder, f"candidate{i}.onnx")
+                raw = os.path.join(folder, f"candidate{i}-exported.onnx") if final and simplifier != "none" else path  # no copy
+                info = export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
+                                   simplifier=simplifier, validate=False, raw_path=raw if raw != path else None, **(final.kw if final else {}))
+                if files is not None and final:
+                    files[label] = CheckedGraph(info, raw, simplifier)
                 graph, _ = graph_for(runtime, path, tmp, options.fp16)
                 result = run_graph(runtime, make_runner(runtime, options, keep_artifacts=False), graph, tmp, feeds)
                 loaded[label] = result.runner
@@ -344,6 +375,9 @@ class Deployment:
     records: list[LayerRecord]
     choices: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: this very model as the whole-model check exported it, as the final export would (FinalExport); None where it
+    #: was not (no check, a cached verdict)
+    exported: CheckedGraph | None = None
 
 
 @dataclass
@@ -378,6 +412,13 @@ def choose_deployment(model: nn.Module, args: tuple[torch.Tensor, ...], target: 
             deployed, records = candidates[best].build()
         choices.append({"name": "(whole model)", "type": "whole model", "runtime": timer.runtime, "input": [list(a.shape) for a in args],
                         "timings_ms": timings, "chosen": best, "cached": cached})
+        exported = None if cached or timings[best] is None else timer.exported.get(best)
+        for label, graph in timer.exported.items():  # the losers' graphs: not kept on disk until the run ends
+            if label != best or exported is None:
+                for path in {graph.info.path, graph.raw}:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        return Deployment(deployed, records, choices, list(dict.fromkeys(timer.notes)), exported)
     return Deployment(deployed, records, choices, list(dict.fromkeys(timer.notes)))
 
 

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from . import __version__
-from .autoform import WHOLE_MODEL_ALTERNATIVES, Deployment, FormTimer, capture_layer_inputs, choose_deployment
+from .autoform import WHOLE_MODEL_ALTERNATIVES, CheckedGraph, Deployment, FinalExport, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
 from .convert import assignment
 from .errors import BadInput, ExportFailed
 from .explain import Localiser, explain_runtime_error, module_kinds
-from .exporter import ExportInfo, export_onnx, first_line, flatten_outputs, output_names
+from .exporter import ExportInfo, export_onnx, finish_export, first_line, flatten_outputs, output_names
 from .exporter.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .modules import set_eval
@@ -365,14 +365,23 @@ def run_reference(model: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray
 
 # --- deploy ------------------------------------------------------------------------------------
 
-def deploy_stage(model: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases) -> Deployment:
+def deploy_stage(model: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases, scratch: str) -> Deployment:
     """Swap every known layer for its deploy form (timed on the target where the choice is automatic), and
     prove the deployed model in PyTorch: the ladder's first rung."""
     if not job.opts.deploy:
         return Deployment(model, [])
-    deployment = deploy_for(model, job.example, job.opts, lambda label: phase("deploy", label))
+    deployment = deploy_for(model, job.example, job.opts, lambda label: phase("deploy", label), final_export(job, reference, scratch))
     torch_parity_stage(deployment, job, reference, stages, phase)
     return deployment
+
+
+def final_export(job: Job, reference: Reference, scratch: str) -> FinalExport | None:
+    """How export_stage will export, for the whole-model check to export its candidates the same way (None where the
+    check's graphs could not be the final one: its batch axis is the form timer's, --dynamic-batch)."""
+    kw = job.export_kw
+    if kw["dynamic_batch"] != job.opts.dynamic_batch:
+        return None
+    return FinalExport(scratch, job.names, dict(opset=kw["opset"], exporter=kw["exporter"], dynamic_axes=job.dynamic_axes(reference.n_outputs)))
 
 
 def torch_parity_stage(deployment: Deployment, job: Job, reference: Reference, stages: Stages, phase: Phases) -> None:
@@ -386,9 +395,9 @@ def deploy_and_export_stages(model: nn.Module, job: Job, reference: Reference, s
     """deploy_stage, then export_stage. Each timed form exported alone, but their mix may not export as one graph (a
     form whose output sizes the exporter cannot follow, before one that needs them): then the registered preferred
     order is deployed and exported instead, with a note, rather than no graph at all."""
-    deployment = deploy_stage(model, job, reference, stages, phase)
+    deployment = deploy_stage(model, job, reference, stages, phase, scratch)
     try:
-        return deployment, export_stage(deployment.model, job, reference, stages, phase, artifacts, scratch)
+        return deployment, export_stage(deployment.model, job, reference, stages, phase, artifacts, scratch, deployment.exported)
     except ExportFailed as e:
         opts = job.opts
         if not deployment.choices:
@@ -402,13 +411,15 @@ def deploy_and_export_stages(model: nn.Module, job: Job, reference: Reference, s
         return preferred, export_stage(preferred.model, job, reference, stages, phase, artifacts, scratch)
 
 
-def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None) -> Deployment:
-    """The deployment the pipeline exports for `opts` (autoform.choose_deployment with this run's form timer)."""
+def deploy_for(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, progress: Progress | None = None,
+               final: FinalExport | None = None) -> Deployment:
+    """The deployment the pipeline exports for `opts` (autoform.choose_deployment with this run's form timer; with
+    `final`, its whole-model check exports as the final export will, and the winner's graph comes with it)."""
     return choose_deployment(model, to_torch(arrays), opts.target, opts.forms, opts.dynamic_batch, opts.strict,
-                             form_timer(model, arrays, opts), progress or (lambda _msg: contextlib.nullcontext()))
+                             form_timer(model, arrays, opts, final), progress or (lambda _msg: contextlib.nullcontext()))
 
 
-def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions) -> FormTimer | None:
+def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, final: FinalExport | None = None) -> FormTimer | None:
     """The ranker that times forms on the target runtime, when the choice is automatic (see autoform.py)."""
     choice = opts.form_choice or ("auto" if opts.target in ("onnxruntime", "openvino") else "preferred")
     if choice not in FORM_CHOICES:
@@ -419,19 +430,28 @@ def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions) 
     if not inputs:
         return None
     return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, dynamic_batch=opts.dynamic_batch,
-                     alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES)
+                     alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final)
 
 
 # --- export ------------------------------------------------------------------------------------
 
 def export_stage(deployed: nn.Module, job: Job, reference: Reference, stages: Stages, phase: Phases, artifacts: str,
-                 scratch: str) -> tuple[str, str, ExportInfo]:
+                 scratch: str, exported: CheckedGraph | None = None) -> tuple[str, str, ExportInfo]:
     """torch ► ONNX ► simplify ► check; then the ladder's graph rungs: the raw and the simplified graph on ONNX
-    Runtime with its optimisations off. Returns (final graph, raw export, what the export did)."""
+    Runtime with its optimisations off. Returns (final graph, raw export, what the export did). `exported`: this model
+    already exported the same way by the whole-model check (Deployment.exported), finished here instead."""
     graph, raw = os.path.join(artifacts, "model.onnx"), os.path.join(scratch, "exported.onnx")
     with phase("export", f"export to ONNX (opset {job.opts.opset})"):
-        info = export_onnx(deployed, to_torch(job.example), graph, input_names=job.names, n_outputs=reference.n_outputs, raw_path=raw,
-                           dynamic_axes=job.dynamic_axes(reference.n_outputs), **job.export_kw)
+        kw = job.export_kw
+        if exported is not None:  # from its raw graph, or from the simplified one where it was simplified as asked
+            raw, done = exported.raw, exported.simplifier == kw["simplifier"]
+            info = finish_export(exported.info.path if done else raw, graph, exporter=kw["exporter"], opset=kw["opset"],
+                                 simplifier=kw["simplifier"], dynamic_batch=kw["dynamic_batch"],
+                                 simplified_by=exported.info.simplifier if done else None)
+            info.source = "the whole-model form check"
+        else:
+            info = export_onnx(deployed, to_torch(job.example), graph, input_names=job.names, n_outputs=reference.n_outputs, raw_path=raw,
+                               dynamic_axes=job.dynamic_axes(reference.n_outputs), **kw)
     stages.artifacts["onnx"] = "model.onnx"
     if available("onnxruntime"):
         with phase("parity", "ONNX graph parity (ONNX Runtime, optimisations off)"):

@@ -19,7 +19,8 @@ def _head(r: dict) -> list[str]:
     return [f"# polyexport report: {r['model']} → {r['target']}", "",
             f"Result: {verdict}. Deploy forms {'applied' if r['deploy'] else 'not applied (--no-deploy)'}.", "",
             f"Inputs: {shapes}. Export: {ex.get('exporter')} exporter, opset {ex.get('opset')}, {ex.get('simplifier')}, "
-            f"{'dynamic' if ex.get('dynamic_batch') else 'static'} batch, {ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s.", ""]
+            f"{'dynamic' if ex.get('dynamic_batch') else 'static'} batch, {ex.get('nodes')} nodes, {ex.get('seconds', 0):.2f} s"
+            + (f" (the graph {ex['source']} exported, checked here)" if ex.get("source", "exported") != "exported" else "") + ".", ""]
 
 
 def _warnings(r: dict) -> list[str]:

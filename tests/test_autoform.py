@@ -268,3 +268,29 @@ def test_a_form_is_timed_framed_by_identity_convs(tmp_path):
     export_onnx(framed, args, path, input_names=["input_0", "input_1"], n_outputs=1, simplifier="onnxsim")
     groups = sorted(a.i for n in onnx.load(path).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
     assert groups.count(6) == 1 and groups.count(10) == 1, groups
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_whole_model_checks_export_is_the_final_graph(runtime, tmp_path, monkeypatch):
+    """The whole-model check exports its candidates as the final export will; the winner's graph is then checked
+    and shipped rather than exported again. Byte for byte what a fresh export gives (the second run, its verdict
+    cached, exports afresh)."""
+    pytest.importorskip(runtime)
+    import polyexport
+    import polyexport.autoform as autoform
+
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
+    monkeypatch.setattr(autoform, "WHOLE_MODEL_MARGIN", 100.0)  # the check runs whatever the per-layer timings say
+    graphs, reports = [], []
+    for run in ("cold", "warm"):
+        report = polyexport.export(mixconv_net(), [torch.randn(1, 16, 20, 20)], target=runtime, out=str(tmp_path / run),
+                                   threads=1, bench=False)
+        assert report.passed, report.parity
+        graphs.append(open(tmp_path / run / "model.onnx", "rb").read())
+        reports.append(json.load(open(tmp_path / run / "report.json")))
+    cold, warm = reports
+    assert not cold["form_choices"][-1]["cached"] and warm["form_choices"][-1]["cached"]
+    assert cold["export"]["source"] == "the whole-model form check" and warm["export"]["source"] == "exported"
+    assert cold["export"]["simplifier"] == warm["export"]["simplifier"] and graphs[0] == graphs[1]
+    assert "form check exported" in open(tmp_path / "cold" / "report.md").read()
+    assert sorted(os.listdir(tmp_path / "cold")) == sorted(os.listdir(tmp_path / "warm"))  # no candidate left behind
