@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--form", action="append", metavar="LAYER=FORM", help="auto (time each exact form on the target runtime: the default for onnxruntime/openvino), "
                    "thorough (auto, the whole-model check trying every plausible alternative), "
                    "preferred (the registered, measured order), or force a form for a layer type, e.g. PSConv2d=regrouped (or =reference); repeatable")
+    p.add_argument("--form-cache", metavar="FILE", help="where the form timings are kept (default $POLYEXPORT_CACHE, else "
+                   "~/.cache/polyexport/forms.json): keep it between runs, e.g. as a CI cache, and only the first run of a layer shape times its forms")
     p.add_argument("--strict", action="store_true", help="fail when a known layer has no exact deploy form instead of keeping it as is")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full module (runs code from the file)")
     p.add_argument("--arch", metavar="SPEC", help="package.module:callable (or zoo:NAME) building the model a state_dict belongs to")
@@ -213,8 +215,25 @@ def _options(args: argparse.Namespace) -> dict:
                 strict=args.strict, threads=args.threads, device=args.device, bench=args.bench, iterations=args.iterations,
                 exporter=args.exporter, simplifier=args.simplifier, force=args.force, extra_runtimes=args.extra_runtimes,
                 bundle=args.bundle, bench_torch=args.bench_torch, batch_range=_batch_range(args), workspace_mb=args.workspace,
-                explain=args.explain, fp16=args.fp16, form_choice=choice[-1] if choice else None,
+                explain=args.explain, fp16=args.fp16, form_choice=choice[-1] if choice else None, form_cache=_form_cache(args.form_cache),
                 **({"trt_versions": tuple(args.trt_versions)} if args.trt_versions else {}))
+
+
+def _form_cache(path: str | None) -> str | None:
+    """An asked cache file must be one this run can write: the default location only costs a note when it cannot be
+    written (a cache is an optimisation), but a file the user named and the run ignored would cost every later run."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        raise BadInput(f"--form-cache {path}: a folder; name a file, e.g. {os.path.join(path, 'forms.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):  # the nearest folder that exists must let us create the rest
+        existing = os.path.dirname(existing)
+    target = path if os.path.exists(path) else existing
+    if not os.access(target, os.W_OK):
+        raise BadInput(f"--form-cache {path}: {'the file' if target == path else existing} is not writable")
+    return path
 
 
 def _batch_range(args: argparse.Namespace) -> tuple[int, int, int] | None:

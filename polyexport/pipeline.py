@@ -79,6 +79,7 @@ class ExportOptions:
     workspace_mb: int = 1024
     explain: bool = False  # localise the first diverging layer even when parity holds (always done when it fails)
     form_choice: str | None = None  # one of targets.FORM_CHOICES; None: auto for a runtime target (onnxruntime, openvino), preferred otherwise
+    form_cache: str | None = None  # the form timings' file (None: $POLYEXPORT_CACHE, else ~/.cache/polyexport/forms.json)
 
     @property
     def writes_bundle(self) -> bool:
@@ -429,8 +430,8 @@ def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
     inputs = capture_layer_inputs(model, to_torch(arrays))
     if not inputs:
         return None
-    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, dynamic_batch=opts.dynamic_batch,
-                     alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final)
+    return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, cache_path=opts.form_cache,
+                     dynamic_batch=opts.dynamic_batch, alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final)
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -294,3 +294,20 @@ def test_the_whole_model_checks_export_is_the_final_graph(runtime, tmp_path, mon
     assert cold["export"]["simplifier"] == warm["export"]["simplifier"] and graphs[0] == graphs[1]
     assert "form check exported" in open(tmp_path / "cold" / "report.md").read()
     assert sorted(os.listdir(tmp_path / "cold")) == sorted(os.listdir(tmp_path / "warm"))  # no candidate left behind
+
+
+def test_form_cache_option_names_the_file_and_refuses_a_folder(tmp_path, monkeypatch, capsys):
+    """`--form-cache FILE` keeps the timings there (a CI cache): the next run reads them and times nothing."""
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "not-this.json"))
+    cache = tmp_path / "ci" / "forms.json"
+    common = ["zoo:test_mixconv_net", "--target", "onnxruntime", "--no-bench", "--threads", "1", "--form-cache", str(cache)]
+    for run in ("first", "second"):
+        with pytest.raises(SystemExit) as e:
+            main([*common, "--out", str(tmp_path / run)])
+        assert e.value.code == 0
+    assert cache.is_file() and not (tmp_path / "not-this.json").exists()
+    first, second = (json.load(open(tmp_path / run / "report.json"))["form_choices"] for run in ("first", "second"))
+    assert not any(c["cached"] for c in first) and all(c["cached"] for c in second)
+    with pytest.raises(SystemExit) as e:
+        main([*common[:-1], str(tmp_path), "--out", str(tmp_path / "third")])
+    assert e.value.code == 2 and "a folder" in capsys.readouterr().err and not (tmp_path / "third").exists()
