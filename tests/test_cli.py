@@ -150,6 +150,17 @@ def test_missing_runtime_exit_3(out, capsys):
     assert not os.path.exists(out)
 
 
+def test_dynamo_exporter_without_onnxscript_exit_3(out, capsys):
+    """The dynamo exporter writes with onnxscript, which polyexport does not install: said before any work (it failed
+    only at the export, after the form choice), with how to get it."""
+    if __import__("importlib").util.find_spec("onnxscript") is not None:
+        pytest.skip("onnxscript is installed here")
+    assert cli("usernets:build", "--exporter", "dynamo", "--out", out, *FAST) == 3
+    captured = capsys.readouterr()
+    assert "pip install onnxscript" in captured.err and "load" not in captured.out
+    assert not os.path.exists(out)
+
+
 def test_console_script_and_pickle_from_cwd(tmp_path):
     """The installed entry point, in a fresh process, in the user's project folder."""
     proj = tmp_path / "proj"

@@ -24,6 +24,18 @@ from ..outputs import flatten_outputs, output_names  # noqa: F401 - the order ON
 EXPORTERS = ("torchscript", "dynamo")
 
 
+def check_exporter(exporter: str) -> None:
+    """Before any work: the dynamo exporter writes its graph with onnxscript, which polyexport does not install (the
+    default TorchScript exporter needs nothing more); without it the export failed only after the form choice."""
+    import importlib.util
+
+    from ..errors import RuntimeMissing
+
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise RuntimeMissing("onnxscript", None, "the dynamo exporter needs it: pip install onnxscript, "
+                             "or keep the default exporter (--exporter torchscript)")
+
+
 @contextlib.contextmanager
 def _quiet():
     """Keep the exporters' graph dumps and progress lines out of the user's terminal.
