@@ -202,7 +202,7 @@ def _options(args: argparse.Namespace) -> dict:
     """export()'s options from the flags, each checked where it can be: the output folder, the input sizes, the batch
     range, the forms, and the runtimes (exit 3 before any work)."""
     from .convert import parse_form_overrides
-    from .exporter import check_exporter
+    from .exporter import check_export_tools
     from .inputs import check_input_sizes, parse_shape
     from .outdir import check_out
     from .pipeline import check_runtimes
@@ -212,7 +212,7 @@ def _options(args: argparse.Namespace) -> dict:
     choice = [f for f in args.form or [] if f in FORM_CHOICES]
     forms = parse_form_overrides([f for f in args.form or [] if f not in FORM_CHOICES])
     check_runtimes(args.target, args.extra_runtimes, args.threads, args.device)
-    check_exporter(args.exporter)
+    check_export_tools(args.exporter, args.simplifier)
     return dict(dynamic_batch=args.dynamic_batch, opset=args.opset, atol=args.atol, rtol=args.rtol, deploy=args.deploy, forms=forms,
                 strict=args.strict, threads=args.threads, device=args.device, bench=args.bench, iterations=args.iterations,
                 exporter=args.exporter, simplifier=args.simplifier, force=args.force, extra_runtimes=args.extra_runtimes,

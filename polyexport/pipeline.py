@@ -25,7 +25,7 @@ from .bench import LatencyStats, measure
 from .convert import assignment
 from .errors import BadInput, ExportFailed
 from .explain import Localiser, explain_runtime_error, module_kinds
-from .exporter import ExportInfo, check_exporter, export_onnx, finish_export, first_line, flatten_outputs, output_names
+from .exporter import ExportInfo, check_export_tools, export_onnx, finish_export, first_line, flatten_outputs, output_names
 from .exporter.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
 from .modules import set_eval
@@ -255,7 +255,7 @@ def plan(model: nn.Module, example_inputs, input_shapes, opts: ExportOptions, in
          output_axes: dict[int, str] | None = None) -> Job:
     """Runtimes (exit 3 if missing), the output folder, the input specs and the parity input sets."""
     runtimes = check_runtimes(opts.target, opts.extra_runtimes, opts.threads, opts.device)
-    check_exporter(opts.exporter)
+    check_export_tools(opts.exporter, opts.simplifier)
     stand_in = "onnxruntime" if opts.target == "tensorrt" and "tensorrt" not in runtimes else None
     check_out(opts.out, opts.force)  # before any work: a bad --out costs nothing
     if opts.target == "tensorrt":

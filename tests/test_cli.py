@@ -161,6 +161,17 @@ def test_dynamo_exporter_without_onnxscript_exit_3(out, capsys):
     assert not os.path.exists(out)
 
 
+def test_onnxslim_asked_but_absent_exit_3(out, capsys, monkeypatch):
+    """An asked simplifier that is not installed: exit 3 with the extra to install, not a graph left unsimplified with a
+    note (onnxslim is installed here, so its absence is simulated where polyexport looks for it)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxslim" else real(name, *a))
+    assert cli("usernets:build", "--simplifier", "onnxslim", "--out", out, *FAST) == 3
+    assert "polyexport[slim]" in capsys.readouterr().err and not os.path.exists(out)
+
+
 def test_console_script_and_pickle_from_cwd(tmp_path):
     """The installed entry point, in a fresh process, in the user's project folder."""
     proj = tmp_path / "proj"

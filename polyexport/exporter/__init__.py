@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {"ExportInfo": "graph", "export_onnx": "graph", "finish_export": "graph", "first_line": "torch_onnx", "flatten_outputs": "torch_onnx",
-         "output_names": "torch_onnx", "EXPORTERS": "torch_onnx", "check_exporter": "torch_onnx", "SIMPLIFIERS": "simplify"}
+         "output_names": "torch_onnx", "EXPORTERS": "torch_onnx", "check_export_tools": "torch_onnx", "SIMPLIFIERS": "simplify"}
 
 __all__ = sorted(_LAZY)
 

@@ -24,9 +24,10 @@ from ..outputs import flatten_outputs, output_names  # noqa: F401 - the order ON
 EXPORTERS = ("torchscript", "dynamo")
 
 
-def check_exporter(exporter: str) -> None:
-    """Before any work: the dynamo exporter writes its graph with onnxscript, which polyexport does not install (the
-    default TorchScript exporter needs nothing more); without it the export failed only after the form choice."""
+def check_export_tools(exporter: str, simplifier: str) -> None:
+    """Before any work: the tools an asked exporter or simplifier needs beyond polyexport's own dependencies (the
+    dynamo exporter writes with onnxscript; onnxslim is an extra). Without them the export failed, or went
+    unsimplified with a note, only after the form choice."""
     import importlib.util
 
     from ..errors import RuntimeMissing
@@ -34,6 +35,8 @@ def check_exporter(exporter: str) -> None:
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
         raise RuntimeMissing("onnxscript", None, "the dynamo exporter needs it: pip install onnxscript, "
                              "or keep the default exporter (--exporter torchscript)")
+    if simplifier == "onnxslim" and importlib.util.find_spec("onnxslim") is None:
+        raise RuntimeMissing("onnxslim", "slim", "--simplifier onnxslim needs it")
 
 
 @contextlib.contextmanager
