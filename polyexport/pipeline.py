@@ -449,8 +449,7 @@ def export_stage(deployed: nn.Module, job: Job, reference: Reference, stages: St
             raw, done = exported.raw, exported.simplifier == kw["simplifier"]
             info = finish_export(exported.info.path if done else raw, graph, exporter=kw["exporter"], opset=kw["opset"],
                                  simplifier=kw["simplifier"], dynamic_batch=kw["dynamic_batch"],
-                                 simplified_by=exported.info.simplifier if done else None)
-            info.source = "the whole-model form check"
+                                 simplified_by=exported.info.simplifier if done else None, source="the whole-model form check")
         else:
             info = export_onnx(deployed, to_torch(job.example), graph, input_names=job.names, n_outputs=reference.n_outputs, raw_path=raw,
                                dynamic_axes=job.dynamic_axes(reference.n_outputs), **kw)

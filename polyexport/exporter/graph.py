@@ -53,10 +53,11 @@ def export_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *, 
 
 
 def finish_export(exported: str, path: str, *, exporter: str, opset: int, simplifier: str, dynamic_batch: bool,
-                  validate: bool = True, started: float | None = None, simplified_by: str | None = None) -> ExportInfo:
+                  validate: bool = True, started: float | None = None, simplified_by: str | None = None,
+                  source: str = "exported") -> ExportInfo:
     """The exporter's graph in the file `exported` ► simplify ► check and shape-infer, written to `path` (the same
     file or another). `simplified_by` (what simplify() reported) says the graph there is simplified already: it is
-    checked, not simplified again (the whole-model form check's graph, reused as the final export)."""
+    checked, not simplified again (the whole-model form check's graph, reused as the final export: `source` says so)."""
     t0 = time.perf_counter() if started is None else started
     proto = onnx.load(exported)
     proto, how = (proto, simplified_by) if simplified_by else simplify(proto, simplifier)
@@ -69,4 +70,5 @@ def finish_export(exported: str, path: str, *, exporter: str, opset: int, simpli
     if validate or exported != path or (simplifier != "none" and not simplified_by):  # else the file is the graph already
         onnx.save(proto, path)
     ops = Counter(n.op_type for n in proto.graph.node)
-    return ExportInfo(path, exporter, opset, how, dynamic_batch, time.perf_counter() - t0, len(proto.graph.node), dict(ops.most_common()))
+    return ExportInfo(path, exporter, opset, how, dynamic_batch, time.perf_counter() - t0, len(proto.graph.node), dict(ops.most_common()),
+                      source)
