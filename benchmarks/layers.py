@@ -3,11 +3,14 @@
 For every case in benchmarks/layer_cases/ (a layer at a realistic shape), export (a) the reference
 as it is, (b) each deploy form, (c) the yardstick nn.Conv2d; time them on ONNX Runtime and OpenVINO
 in turns (interleaved, medians of several repeats, same threads), and print latency as a ratio to
-the yardstick, with each module's FLOPs ratio to the yardstick beside it.
+the yardstick, with each module's FLOPs ratio to the yardstick beside it. For the input-dependent kernels
+(CondConv, DY-Conv, DCD) it also times their floors (benchmarks/floors.py) and checks issue 15's criterion:
+the fastest exact form within 1.1 × the plain conv × the FLOPs ratio × the weight-read floor.
 
     python benchmarks/layers.py                    # all layers, all installed runtimes
     python benchmarks/layers.py --only psconv spd_conv --repeats 3 --json benchmarks/results/layers.json
     python benchmarks/layers.py --only condconv drconv_megvii --merge benchmarks/results/layers.json --markdown benchmarks/results/layers.md
+    python benchmarks/layers.py --only condconv dynamic_conv dcd --merge benchmarks/results/layers.json --markdown benchmarks/results/layers.md
 """
 from __future__ import annotations
 
@@ -23,10 +26,26 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from common import flops, load_runner, machine, md_table, runtimes_here, write_outputs  # noqa: E402
+from floors import KernelBankFloor, attention_floor_model, kernel_banks  # noqa: E402
 from layer_cases import all_cases  # noqa: E402
 
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
+
+
+def floor_modules(reference: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """For an input-dependent kernel (issue 15): its expert bank read once (`floor:aggregation`, timed alone: the
+    weight-read floor is (conv + it) / conv) and the plain conv with the attention and aggregation computed unused
+    (`floor:attention`). None for other layers, and no bank floor for DCD (no expert bank: its static weights are
+    the conv's own)."""
+    out = {}
+    banks = kernel_banks(reference)
+    if banks:
+        out["floor:aggregation"] = KernelBankFloor(banks).eval()
+    attention = attention_floor_model(reference)
+    if attention is not None:
+        out["floor:attention"] = attention
+    return out
 
 
 def run(args) -> list[dict]:
@@ -35,7 +54,8 @@ def run(args) -> list[dict]:
     for case in cases:
         shapes = case.input_shape if isinstance(case.input_shape[0], (tuple, list)) else [case.input_shape]  # several inputs, or one
         x = tuple(torch.randn(*s) for s in shapes)
-        modules = {"yardstick": case.yardstick, "reference": case.reference, **{f"form:{k}": m for k, m in case.forms.items()}}
+        modules = {"yardstick": case.yardstick, "reference": case.reference, **{f"form:{k}": m for k, m in case.forms.items()},
+                   **floor_modules(case.reference)}
         base_flops = flops(case.yardstick, *x)
         with tempfile.TemporaryDirectory() as tmp:
             for rt in runtimes_here(args.runtimes):
@@ -108,6 +128,39 @@ def criteria(rows: list[dict]) -> str:
                      "layer FLOPs vs conv", "latency / FLOPs ratio", "bound", "within"], body)
 
 
+#: issue 15's criterion for the input-dependent kernels: the fastest exact form within this factor of (plain conv latency
+#: × FLOPs ratio × weight-read floor), the floor being (conv + reading the expert bank once) / conv
+BOUND_ISSUE15 = 1.1
+ISSUE15 = {"CondConv2d", "Dynamic_conv2d", "conv_dy", "conv_basic_dy", "DYModule"}
+
+
+def criteria_dynamic(rows: list[dict]) -> str:
+    """Issue 15's criterion, per input-dependent layer, shape and runtime, with both floors measured beside the forms."""
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r["layer"] in ISSUE15:
+            keyed.setdefault((r["layer"], r["config"], r["runtime"]), {})[r["module"]] = r
+    body = []
+    for (layer, config, rt), mods in keyed.items():
+        forms = {k: v for k, v in mods.items() if k.startswith("form:") and "ratio" in v}
+        if not forms or "ms" not in mods.get("yardstick", {}):
+            continue
+        best = min(forms, key=lambda k: forms[k]["ratio"])
+        flops = mods["reference"]["flops_ratio"]
+        aggregation = mods.get("floor:aggregation", {})
+        weight_read = 1 + aggregation["ms"] / mods["yardstick"]["ms"] if "ms" in aggregation else 1.0
+        attention = mods.get("floor:attention", {})
+        limit = BOUND_ISSUE15 * flops * weight_read
+        ratio = forms[best]["ratio"]
+        body.append([layer, config, rt, best.removeprefix("form:"), f"{ratio:.2f}×", f"{flops:.2f}×",
+                     f"{weight_read:.2f}×" if "ms" in aggregation else "1 (no bank)",
+                     f"{attention['ratio']:.2f}×" if "ratio" in attention else "—",
+                     f"{limit:.2f}×", "yes" if ratio <= limit else "**no**"])
+    return md_table(["layer", "shape", "runtime", "fastest form", "its latency vs conv", "layer FLOPs vs conv",
+                     "weight-read floor", "attention + aggregation floor vs conv", f"bound: {BOUND_ISSUE15} × FLOPs × floor",
+                     "within"], body)
+
+
 def merge_rows(path: str, rows: list[dict], threads: int) -> list[dict]:
     """The saved rows with those of the layer types just measured replaced by `rows` (in place of the first one
     of each type, so the table keeps its order). Refused when the thread counts differ: the ratios would not
@@ -157,6 +210,11 @@ def main() -> None:
         if args.merge:
             rows, args.json = merge_rows(args.merge, rows, args.threads), args.json or args.merge
     md = "#### How close the fastest exact form gets (the issues' criterion)\n\n" + criteria(rows)
+    dynamic = criteria_dynamic(rows)
+    if dynamic.count("\n") > 1:
+        md += ("\n\n#### The input-dependent kernels against their floors (issue 15's criterion)\n\n"
+               "weight-read floor: (conv + the expert bank read once, `floor:aggregation`) / conv; attention + aggregation "
+               "floor: the plain conv with the routing and the aggregation computed unused (`floor:attention`).\n\n" + dynamic)
     md += "\n\n#### Every module measured\n\n" + to_markdown(rows)
     print()
     print(md)

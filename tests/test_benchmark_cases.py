@@ -37,3 +37,28 @@ def test_cases_take_their_notes_from_the_registry():
         for form, note in case.notes.items():
             if (case.layer, form) in notes:
                 assert note == notes[(case.layer, form)], (case.layer, form)
+
+
+def test_layer_floors_run_at_any_batch():
+    """benchmarks/layers.py times issue 15's floors beside each input-dependent layer: the attention floor gives the
+    layer's output shape at a batch above 1 (its live-keeping scalar broadcast per sample over a feature map, not only
+    over logits), and the bank floor one scalar per sample."""
+    import torch
+
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from layer_cases import all_cases
+        from layers import floor_modules
+    finally:
+        sys.path.remove(BENCHMARKS)
+    kinds = set()
+    for case in all_cases(["condconv", "dynamic_conv", "dcd"]):
+        floors = floor_modules(case.reference)
+        x = torch.randn(3, *case.input_shape[1:])
+        with torch.no_grad():
+            if "floor:attention" in floors:
+                assert floors["floor:attention"](x).shape == case.reference(x).shape, case.config
+                kinds.add(case.layer)
+            if "floor:aggregation" in floors:
+                assert floors["floor:aggregation"](x).shape == (3, 1), case.config
+    assert kinds == {"CondConv2d", "Dynamic_conv2d", "DYModule"}
