@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Also: `polyexport verify BUNDLE --target RT` (check a bundle on a device, no PyTorch needed) and "
                        "`polyexport check MODEL.onnx --target tensorrt` (what TensorRT's parser will refuse). "
                        "Exit codes: 0 ok, 1 parity failed, 2 bad input, 3 runtime not installed.")
-    p.add_argument("model", metavar="MODEL", help="a .pt file (state_dict or pickled module), zoo:NAME, or package.module:callable")
+    p.add_argument("model", metavar="MODEL", help="a .pt file (state_dict or pickled module), a .safetensors state_dict, zoo:NAME, or package.module:callable")
     p.add_argument("--target", default="onnxruntime", choices=TARGETS, help=f"one of {', '.join(TARGETS)} (default onnxruntime)")
     p.add_argument("--input-shape", action="append", metavar="NxCxHxW", help="input shape, e.g. 1x3x224x224; repeat for several inputs")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis (parity is also checked at another batch size)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import BadInput
+from .errors import BadInput, RuntimeMissing
 
 #: keys under which training scripts save the module (YOLO: ema preferred over model when set)
 MODULE_KEYS = ("ema", "model", "module", "net")
@@ -129,7 +129,40 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
 
 
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON (an object), then data."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= os.path.getsize(path)
+
+
+def _read_safetensors(path: str) -> dict:
+    """The tensors of a safetensors file (timm's and Hugging Face's format for weights): a state_dict, and no code is
+    run to read it, so no --trust-pickle is asked."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise RuntimeMissing("safetensors", "safetensors", f"reading {path} needs it") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - a corrupt header or truncated data
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"{path} is not a readable safetensors file: {type(e).__name__}: {msg}") from e
+
+
+def _looks_like_checkpoint(path: str) -> bool:
+    """torch.save writes a zip archive (PyTorch 1.6 on) or a pickle of protocol 2 (before): anything else is not a
+    checkpoint, and torch.load's own message for it (about `weights_only`) would send a user to --trust-pickle."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def _read_checkpoint(path: str, trust_pickle: bool) -> object:
+    if not _looks_like_checkpoint(path):
+        raise BadInput(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before PyTorch 1.6, a "
+                       "pickle), safetensors its own header, and this file is none of them (an empty, truncated or foreign file?)")
     unsafe = _unsafe_globals(path)
     if unsafe and not trust_pickle:
         shown = ", ".join(unsafe[:4]) + (f" (+{len(unsafe) - 4} more)" if len(unsafe) > 4 else "")
@@ -141,6 +174,8 @@ def _read_checkpoint(path: str, trust_pickle: bool) -> object:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "WeightsUnpickler error:" in str(e):  # the reason, not torch's advice to load it unsafely
+            msg = str(e).split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         if "Unsupported global" in str(e):  # a legacy (non-zip) pickle naming a class
             raise BadInput(
                 f"{path} holds pickled Python objects; loading it runs code from the file. "
@@ -207,7 +242,7 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
         user_code_paths(imports)
     if os.path.exists(spec):
         check_model_file(spec)
-        ckpt = _read_checkpoint(spec, trust_pickle)
+        ckpt = _read_safetensors(spec) if _is_safetensors(spec) else _read_checkpoint(spec, trust_pickle)
         if isinstance(ckpt, nn.Module):
             loaded = Loaded(ckpt, f"pickled module {type(ckpt).__name__} from {spec}")
         elif isinstance(ckpt, Mapping) and _find_module(ckpt) is not None:

@@ -82,8 +82,15 @@ def test_bad_specs(spec, message):
 def test_corrupt_and_foreign_files(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage" * 50)
-    with pytest.raises(BadInput, match="not a readable PyTorch checkpoint"):
+    for content in (b"\x00garbage" * 50, b"", b"garbage"):  # foreign, empty: never advice to load it unsafely
+        bad.write_bytes(content)
+        with pytest.raises(BadInput, match="is not a PyTorch checkpoint") as caught:
+            load_model(str(bad))
+        assert "weights_only" not in str(caught.value)
+    bad.write_bytes(b"\x80\x02garbage")  # a pickle header, then nonsense: torch's reason, without its advice
+    with pytest.raises(BadInput, match="not a readable PyTorch checkpoint") as caught:
         load_model(str(bad))
+    assert "weights_only" not in str(caught.value)
     truncated = tmp_path / "trunc.pt"
     torch.save(usernets.build().state_dict(), truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
@@ -97,6 +104,30 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(BadInput, match="--import nosuchmodule"):
         load_model("zoo:resnet18", imports=["nosuchmodule"])
+
+
+def test_safetensors_state_dict(tmp_path, monkeypatch):
+    """timm's and Hugging Face's weights format: a state_dict read without unpickling (no --trust-pickle asked)."""
+    from safetensors.torch import save_file
+
+    from polyexport.errors import RuntimeMissing
+
+    trained = usernets.build()
+    with torch.no_grad():
+        trained.head.bias.fill_(3.0)
+    path = tmp_path / "model.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in trained.state_dict().items()}, str(path))  # a DDP-style prefix too
+    loaded = load_model(str(path), arch="usernets:build")
+    assert torch.equal(loaded.model.head.bias, trained.head.bias) and "state_dict" in loaded.source
+    with pytest.raises(BadInput, match="holds a state_dict .*--arch"):
+        load_model(str(path))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(path.read_bytes()[:-40])  # truncated data after an intact header
+    with pytest.raises(BadInput, match="not a readable safetensors file"):
+        load_model(str(broken), arch="usernets:build")
+    monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)  # the extra not installed
+    with pytest.raises(RuntimeMissing, match=r"safetensors.*polyexport\[safetensors\]"):
+        load_model(str(path), arch="usernets:build")
 
 
 def test_cwd_on_path_and_import_flag(tmp_path, monkeypatch):
