@@ -160,6 +160,9 @@ def _looks_like_checkpoint(path: str) -> bool:
 
 
 def _read_checkpoint(path: str, trust_pickle: bool) -> object:
+    if path.lower().endswith(".onnx"):
+        raise BadInput(f"{path} is an ONNX graph: polyexport starts from the PyTorch model (its deploy forms replace "
+                       f"PyTorch layers); `polyexport check {path}` reports what TensorRT's parser would refuse in it")
     if not _looks_like_checkpoint(path):
         raise BadInput(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before PyTorch 1.6, a "
                        "pickle), safetensors its own header, and this file is none of them (an empty, truncated or foreign file?)")

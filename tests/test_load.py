@@ -87,6 +87,10 @@ def test_corrupt_and_foreign_files(tmp_path):
         with pytest.raises(BadInput, match="is not a PyTorch checkpoint") as caught:
             load_model(str(bad))
         assert "weights_only" not in str(caught.value)
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"\x08\x07")
+    with pytest.raises(BadInput, match="is an ONNX graph.*polyexport check"):
+        load_model(str(graph))
     bad.write_bytes(b"\x80\x02garbage")  # a pickle header, then nonsense: torch's reason, without its advice
     with pytest.raises(BadInput, match="not a readable PyTorch checkpoint") as caught:
         load_model(str(bad))
