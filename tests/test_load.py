@@ -89,8 +89,9 @@ def test_corrupt_and_foreign_files(tmp_path):
         assert "weights_only" not in str(caught.value)
     graph = tmp_path / "model.onnx"
     graph.write_bytes(b"\x08\x07")
-    with pytest.raises(BadInput, match="is an ONNX graph.*polyexport check"):
+    with pytest.raises(BadInput, match="is an ONNX graph.*polyexport check") as caught:
         load_model(str(graph))
+    assert f"polyexport check {graph}`" in str(caught.value)
     bad.write_bytes(b"\x80\x02garbage")  # a pickle header, then nonsense: torch's reason, without its advice
     with pytest.raises(BadInput, match="not a readable PyTorch checkpoint") as caught:
         load_model(str(bad))
