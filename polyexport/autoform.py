@@ -242,7 +242,7 @@ class FormTimer:
             return dict(self.cache[key]), True
         first = next(iter(candidates.values())).build()[0]
         with torch.no_grad():
-            want = [t.numpy() for t in flatten_outputs(first(*args))]
+            want = [t.numpy() for t in flatten_outputs(first(*_fresh(args)))]
         builds = {k: (lambda c: lambda: c.build()[0])(c) for k, c in candidates.items()}
         self.exported = {}
         timings = _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
@@ -300,7 +300,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
     is exported as the final export will be (its input names, opset, exporter, named axes) into final.folder, its raw
     graph kept beside it, and `files` gets label -> CheckedGraph of each that exported."""
     names = final.input_names if final else [f"input_{i}" for i in range(len(args))]
-    feeds = [("check", {n: a.numpy() for n, a in zip(names, args)})]
+    feeds = [("check", {n: a.numpy().copy() for n, a in zip(names, args)})]
     bigger = _at_batch(feeds[0][1], second_batch) if second_batch else None
     bigger_batch = len(next(iter(bigger.values()))) if bigger else 0
     reference = {"check": want}
@@ -313,7 +313,7 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
                 folder = final.folder if final else tmp
                 path = os.path.join(folder, f"candidate{i}.onnx")
                 raw = os.path.join(folder, f"candidate{i}-exported.onnx") if final and simplifier != "none" else path  # no copy
-                info = export_onnx(module, args, path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
+                info = export_onnx(module, _fresh(args), path, input_names=names, n_outputs=len(want), dynamic_batch=dynamic_batch,
                                    simplifier=simplifier, validate=False, raw_path=raw if raw != path else None, **(final.kw if final else {}))
                 if files is not None and final:
                     files[label] = CheckedGraph(info, raw, simplifier)
@@ -338,6 +338,11 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
         for r in loaded.values():
             r.close()
     return out
+
+
+def _fresh(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Copies for one run or export of a whole model: a model may write into its input (pipeline: inputs.to_torch)."""
+    return tuple(a.clone() for a in args)
 
 
 def _at_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:

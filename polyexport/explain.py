@@ -26,6 +26,7 @@ from torch import nn
 
 from .convert import LayerRecord
 from .exporter import export_onnx, flatten_outputs
+from .inputs import to_torch
 from .noise_floor import float64_twin
 from .scopes import module_of_node
 from .parity import compare
@@ -144,14 +145,13 @@ def module_kinds(model: nn.Module, records: list[LayerRecord]) -> dict[str, tupl
 def explain_deploy(original: nn.Module, deployed: nn.Module, records: list[LayerRecord], arrays: list[np.ndarray],
                    rtol: float, atol: float, depth: int = 2) -> Divergence:
     """The first deployed module whose output differs from the original's counterpart."""
-    args = tuple(torch.from_numpy(a) for a in arrays)
     names = watched_modules(deployed, records, depth)
-    order, got = _capture(deployed, names, args)
+    order, got = _capture(deployed, names, to_torch(arrays))  # fresh inputs for every run: a model may write into them
     twin = _counterparts(records)
     want_names = [twin.get(n, n) for n in order]
     watched = [n for n in dict.fromkeys(want_names) if _has(original, n)]
-    _, want = _capture(original, watched, args)
-    floors = _module_noise(original, watched, args, want)
+    _, want = _capture(original, watched, to_torch(arrays))
+    floors = _module_noise(original, watched, to_torch(arrays), want)
     pairs = [(n, want[w], got[n]) for n, w in zip(order, want_names) if w in want]
     noise = {n: floors[w] for n, w in zip(order, want_names) if w in floors}
     return _first_over("torch-deployed", pairs, rtol, atol, module_kinds(original, records), noise)
@@ -169,20 +169,19 @@ def explain_export(deployed: nn.Module, records: list[LayerRecord], arrays: list
                    n_outputs: int, run_graph: Callable[[str, dict[str, np.ndarray]], list[np.ndarray]], workdir: str,
                    stage: str, rtol: float, atol: float, export_kw: dict, depth: int = 2) -> Divergence:
     """The first module whose output in the exported graph, run by `run_graph(path, feeds)`, differs from PyTorch's."""
-    args = tuple(torch.from_numpy(a) for a in arrays)
     names = watched_modules(deployed, records, depth)
-    order, want = _capture(deployed, names, args)
+    order, want = _capture(deployed, names, to_torch(arrays))
     taps = _Taps(deployed, names).eval()
     path = os.path.join(workdir, "diagnostic.onnx")
     n_taps = sum(len(want[n]) for n in order)
-    export_onnx(taps, args, path, input_names=input_names, n_outputs=n_outputs + n_taps, **export_kw)
+    export_onnx(taps, to_torch(arrays), path, input_names=input_names, n_outputs=n_outputs + n_taps, **export_kw)
     outs = run_graph(path, dict(zip(input_names, arrays)))[n_outputs:]
     pairs, i = [], 0
     for n in order:
         k = len(want[n])
         pairs.append((n, [t.numpy() for t in want[n]], outs[i:i + k]))
         i += k
-    return _first_over(stage, pairs, rtol, atol, module_kinds(deployed, records), _module_noise(deployed, names, args, want))
+    return _first_over(stage, pairs, rtol, atol, module_kinds(deployed, records), _module_noise(deployed, names, to_torch(arrays), want))
 
 
 class Localiser:

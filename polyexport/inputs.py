@@ -109,4 +109,6 @@ def random_inputs(specs: list[InputSpec], seed: int, batch: int | None = None, s
 
 
 def to_torch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    """Fresh tensors for one run of a model: copies, not views of the arrays, since a model may write into its
+    input (`x.mul_(0.5)`, `x -= mean`) and every run, export and runtime must see the same input."""
+    return tuple(torch.from_numpy(np.array(a, order="C", copy=True)) for a in arrays)

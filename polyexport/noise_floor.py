@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .exporter import flatten_outputs
+from .inputs import to_torch
 from .modules import set_eval, structural_copy
 
 
@@ -47,11 +48,10 @@ def measure_noise_floor(model: nn.Module, arrays: list[np.ndarray], first_sample
     is not a batch (`first_sample=False`: a dynamic head's instances). Integer inputs stay integers. A model that cannot run in float64 (a tensor made float32 in its forward meeting a
     float64 weight) gets no floor, and the fixed tolerance alone applies."""
     sample = [a[:1] for a in arrays] if first_sample else arrays
-    args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample]
     try:
-        with torch.no_grad():
-            refs = [t.detach().double().numpy() for t in flatten_outputs(model(*args))]
-            exact = flatten_outputs(float64_twin(model)(*(a.double() if a.is_floating_point() else a for a in args)))
+        with torch.no_grad():  # fresh inputs for each run (to_torch): a model may write into them
+            refs = [t.detach().double().numpy() for t in flatten_outputs(model(*to_torch(sample)))]
+            exact = flatten_outputs(float64_twin(model)(*(a.double() if a.is_floating_point() else a for a in to_torch(sample))))
     except Exception as e:  # noqa: BLE001 - the model's own limitation; the fixed tolerance still applies
         return NoiseFloor([], f"not measured: the model does not run in float64 ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
     if len(exact) != len(refs):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .exporter import export_onnx, flatten_outputs
+from .inputs import to_torch
 from .modules import set_eval
 from .parity import OutputDiff, compare
 from .runtimes import RunnerOptions, installed, make_runner
@@ -137,7 +138,7 @@ def _check_exported(ref: nn.Module, deployed: nn.Module, example: list[np.ndarra
                     workdir: str | None, onnx_check, what: str, **export_kwargs) -> list[RuntimeCheck]:
     """Export `deployed` once at `example`; on each runtime and size, compare its outputs with `ref`'s in PyTorch."""
     runtimes = _onnx_runtimes(runtimes)
-    example_t = tuple(torch.from_numpy(a) for a in example)
+    example_t = to_torch(example)
     with torch.no_grad():
         n_out = len(flatten_outputs(set_eval(deployed)(*example_t)))
     results = []
@@ -153,7 +154,7 @@ def _check_exported(ref: nn.Module, deployed: nn.Module, example: list[np.ndarra
             for size in sizes:
                 arrays = feeds_for(size)
                 with torch.no_grad():
-                    want = [t.numpy() for t in flatten_outputs(set_eval(ref)(*(torch.from_numpy(a) for a in arrays)))]
+                    want = [t.numpy() for t in flatten_outputs(set_eval(ref)(*to_torch(arrays)))]
                 got = runner.run({n: a for n, a in zip(names, arrays) if n in graph_inputs})
                 diffs = [compare(f"output{i}", w, g, ATOL, rtol) for i, (w, g) in enumerate(zip(want, got))]
                 check = RuntimeCheck(rt, size, diffs)

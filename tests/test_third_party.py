@@ -42,6 +42,32 @@ def test_train_returning_none_is_exported(tmp_path):
     assert_equivalent(model, polyexport.deploy(model), torch.randn(3, 3, 9, 11))
 
 
+class NormalisesItsInputInPlace(nn.Module):
+    """Writes into its input, as preprocessing written in forward often does (`x -= mean; x /= std`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv = PSConv2d(8, 8, parts=4)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        x.sub_(0.5).div_(0.25)
+        return self.bn(self.conv(self.stem(x)))
+
+
+def test_a_model_that_writes_into_its_input_is_run_on_the_same_input_every_time(tmp_path):
+    """Every PyTorch run, export and form timing gets its own copy of the input: parity failed at the deployed
+    PyTorch model ("its own code, outside any submodule"), which had run on the input its reference run had rewritten."""
+    model = randomize_(NormalisesItsInputInPlace(), seed=2)
+    given = torch.randn(2, 3, 12, 12)
+    kept = given.clone()
+    report = polyexport.export(model, [given], target="onnxruntime", out=str(tmp_path / "o"), bench=False, dynamic_batch=True)
+    assert report.passed, (report.parity, report.explain)
+    assert [l["form"] for l in report.layers if l["type"] == "PSConv2d"] != ["reference"]
+    assert torch.equal(given, kept), "the caller's input was written into"
+
+
 def _swapped(original: nn.Module, deployed: nn.Module, records) -> list[tuple[nn.Module, nn.Module]]:
     converted = {r.name for r in records if r.form not in ("reference", "folded", "absorbed")}
     assert converted, "nothing was converted: the test would prove nothing"

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..inputs import to_torch
 from ..outputs import flatten_outputs
 from .base import Runner, RunnerOptions
 
@@ -23,7 +24,7 @@ class TorchRunner(Runner):
         previous = torch.get_num_threads()
         torch.set_num_threads(self._threads)
         try:
-            args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names)
+            args = to_torch([feeds[n] for n in self.input_names])  # copies: the model may write into its input
             with torch.no_grad():  # not inference_mode: see pipeline._run_reference
                 out = self.model(*args)
             return [t.detach().float().numpy() for t in flatten_outputs(out)]
