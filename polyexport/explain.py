@@ -51,9 +51,11 @@ class Divergence:
 
 
 def watched_modules(model: nn.Module, records: list[LayerRecord], depth: int = 2) -> list[str]:
-    """Converted layers and every module down to `depth` levels (blocks), by name."""
+    """Converted layers and every module down to `depth` levels (blocks), by name; not compiled (torch.jit.script)
+    submodules, which take no hooks."""
     converted = {r.name for r in records if r.form not in ("folded", "absorbed", "reference")}
-    names = [n for n, _ in model.named_modules() if n and (n in converted or n.count(".") < depth)]
+    names = [n for n, m in model.named_modules() if n and (n in converted or n.count(".") < depth)
+             and not isinstance(m, torch.jit.ScriptModule)]
     return names
 
 

@@ -3,6 +3,7 @@ written here (issue 18): train() returning None (mmdet), attributes read in forw
 an instance-level `forward` (YOLOv5's fused Conv), hooks, and a module reachable under two names."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -66,6 +67,64 @@ def test_a_model_that_writes_into_its_input_is_run_on_the_same_input_every_time(
     assert report.passed, (report.parity, report.explain)
     assert [l["form"] for l in report.layers if l["type"] == "PSConv2d"] != ["reference"]
     assert torch.equal(given, kept), "the caller's input was written into"
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class WithScriptedParts(nn.Module):
+    """Compiled submodules inside a Python model, as codebases script their activations (torch.jit.script)."""
+
+    def __init__(self, tail: nn.Module | None = None):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv = PSConv2d(8, 8, parts=4)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = torch.jit.script(Swish())
+        self.head = torch.jit.script(nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU()))
+        self.tail = tail or nn.Identity()
+
+    def forward(self, x):
+        return self.tail(self.head(self.act(self.bn(self.conv(self.stem(x))))))
+
+
+class CumMax(nn.Module):
+    def forward(self, x):
+        return torch.cummax(x, 1)[0]  # no ONNX symbolic in the TorchScript exporter
+
+
+def test_compiled_submodules_export(tmp_path):
+    """The TorchScript exporter cannot call a compiled submodule inside its trace ("... is not part of the active
+    trace"): such a model is traced by torch.jit.trace first, whose result exports; parity on both runtimes and batches."""
+    model = randomize_(WithScriptedParts(), seed=3)
+    for target in ("onnxruntime", "openvino"):
+        report = polyexport.export(model, [torch.randn(2, 3, 12, 12)], target=target, out=str(tmp_path / target), bench=False,
+                                   dynamic_batch=True)
+        assert report.passed, (target, report.parity, report.explain)
+        assert [l["form"] for l in report.layers if l["type"] == "PSConv2d"] != ["reference"]
+
+
+def test_an_export_failure_beside_compiled_submodules_names_its_module(tmp_path):
+    """Finding the module that failed hooks every submodule: a compiled one takes no hooks (it crashed with
+    "register_forward_pre_hook is not supported on ScriptModules")."""
+    from polyexport.errors import ExportFailed
+    from polyexport.exporter.torch_onnx import export_with_attribution
+
+    model = WithScriptedParts(tail=CumMax()).eval()
+    with pytest.raises(ExportFailed, match="module 'tail' \\(CumMax\\).*cummax"):
+        export_with_attribution(model, (torch.randn(1, 3, 8, 8),), str(tmp_path / "m.onnx"), input_names=["x"], n_outputs=1)
+
+
+def test_the_divergence_search_leaves_compiled_submodules_unhooked():
+    """explain hooks the blocks it watches to find the first diverging one: never a compiled one (no hooks there)."""
+    from polyexport.explain import watched_modules
+
+    model = WithScriptedParts()
+    watched = watched_modules(model, [], depth=2)
+    assert {"stem", "conv", "bn"} <= set(watched)
+    assert not [n for n in watched if n.split(".")[0] in ("act", "head")]
 
 
 def _swapped(original: nn.Module, deployed: nn.Module, records) -> list[tuple[nn.Module, nn.Module]]:

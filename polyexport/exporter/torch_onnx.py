@@ -83,6 +83,8 @@ def torch_export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *,
         axes = {n: {0: "batch"} for n in [*input_names, *outs]} if dynamic_batch else None
         if dynamic_axes:
             axes = {n: {**(axes or {}).get(n, {}), **dynamic_axes.get(n, {})} for n in {*(axes or {}), *dynamic_axes}}
+        if holds_script_modules(model):
+            model = _traced(model, args)
         with _quiet():
             torch.onnx.export(model, args, path, dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=outs, dynamic_axes=axes, do_constant_folding=True)
@@ -101,6 +103,22 @@ def torch_export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str, *,
         raise ValueError(f"unknown exporter {exporter!r}; choose from {EXPORTERS}")
 
 
+def holds_script_modules(model: nn.Module) -> bool:
+    """A Python module with a compiled (torch.jit.script) submodule, as some codebases script their activations or
+    heads: the TorchScript exporter cannot call one inside its trace ("... is not part of the active trace")."""
+    return not isinstance(model, torch.jit.ScriptModule) and any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def _traced(model: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    """The model traced by torch.jit.trace, which can call compiled submodules, and whose result the exporter takes.
+    It records what torch.onnx.export's own trace would (the same tracer); strict=False keeps dict and list outputs."""
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(model, args, check_trace=False, strict=False)
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -116,6 +134,9 @@ def locate_failure(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int,
     seen: dict[str, tuple] = {}
     hooks = []
     for name, mod in model.named_modules():
+        if isinstance(mod, torch.jit.ScriptModule):  # compiled: takes no hooks, and is exported whole or not at all
+            continue
+
         def pre(m, a, name=name):
             if name not in seen and all(isinstance(x, torch.Tensor) for x in a):
                 seen[name] = tuple(x.detach() for x in a)
