@@ -237,6 +237,12 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
     for name, module in list(model.named_modules()):
         if any(name.startswith(p + ".") for p in skip_below):
             continue
+        if isinstance(module, torch.jit.ScriptModule):  # compiled code: nothing in it can be swapped
+            records += _compiled_layers(name, module, strict)
+            if not name:
+                return model, records
+            skip_below.append(name)
+            continue
         ref, via = module, ""
         entry = _LAYERS.get(type(module))
         if entry is None:
@@ -267,6 +273,25 @@ def swap_layers(model: nn.Module, target: str | None = None, forms: dict[str, st
             return new, records
         replace_module(model, name, new)  # an attribute both have stays the deploy form's own (its state, not the layer's)
     return model, records
+
+
+COMPILED = ("compiled by torch.jit (TorchScript): a compiled layer cannot be swapped for its deploy form, and is exported "
+            "as written; give the Python model (its state_dict with --arch) to deploy it")
+
+
+def _compiled_layers(name: str, module: torch.jit.ScriptModule, strict: bool) -> list[LayerRecord]:
+    """The registered layer types inside a compiled module, known by the class name it was compiled from (kept as
+    reference, so the report says so; with --strict, an error)."""
+    known = {t.__name__ for t in _LAYERS}
+    found: list[LayerRecord] = []
+    for sub, m in module.named_modules():
+        kind = getattr(m, "original_name", "")
+        full = ".".join(x for x in (name, sub) if x)
+        if kind in known and not any(full.startswith(r.name + ".") for r in found if r.name):
+            if strict:
+                raise BadInput(f"layer '{full or 'the model'}' ({kind}) is {COMPILED} (--strict)")
+            found.append(LayerRecord(full, kind, "reference", COMPILED))
+    return found
 
 
 # --- folding into neighbours ----------------------------------------------------------------

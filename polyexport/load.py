@@ -150,6 +150,28 @@ def _read_safetensors(path: str) -> dict:
         raise BadInput(f"{path} is not a readable safetensors file: {type(e).__name__}: {msg}") from e
 
 
+def _is_torchscript(path: str) -> bool:
+    """An archive written by torch.jit.save (it holds constants.pkl beside its compiled code), not by torch.save."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def _read_torchscript(path: str, trust_pickle: bool) -> nn.Module:
+    """A compiled model: its code runs when it is loaded and run, so it is asked for like a pickle. Its layers are
+    compiled and cannot be swapped (convert keeps them, and says so)."""
+    if not trust_pickle:
+        raise BadInput(f"{path} is a TorchScript archive (torch.jit.save): loading it runs its compiled code. Re-run with "
+                       "--trust-pickle if you trust where it came from; it is exported as written, since compiled layers "
+                       "cannot be swapped for their deploy forms (a state_dict with --arch deploys them)")
+    try:
+        return torch.jit.load(path, map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"{path} is not a readable TorchScript archive: {type(e).__name__}: {msg}") from e
+
+
 def _looks_like_checkpoint(path: str) -> bool:
     """torch.save writes a zip archive (PyTorch 1.6 on) or a pickle of protocol 2 (before): anything else is not a
     checkpoint, and torch.load's own message for it (about `weights_only`) would send a user to --trust-pickle."""
@@ -166,6 +188,8 @@ def _read_checkpoint(path: str, trust_pickle: bool) -> object:
     if not _looks_like_checkpoint(path):
         raise BadInput(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before PyTorch 1.6, a "
                        "pickle), safetensors its own header, and this file is none of them (an empty, truncated or foreign file?)")
+    if _is_torchscript(path):
+        return _read_torchscript(path, trust_pickle)
     unsafe = _unsafe_globals(path)
     if unsafe and not trust_pickle:
         shown = ", ".join(unsafe[:4]) + (f" (+{len(unsafe) - 4} more)" if len(unsafe) > 4 else "")

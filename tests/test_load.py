@@ -135,6 +135,23 @@ def test_safetensors_state_dict(tmp_path, monkeypatch):
         load_model(str(path), arch="usernets:build")
 
 
+def test_torchscript_archive_is_asked_for_and_loaded(tmp_path):
+    """torch.jit.save's archives: their compiled code runs, so they need --trust-pickle like a pickle (torch.load's own
+    error sent the user to weights_only=False)."""
+    model = usernets.build().eval()
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    with pytest.raises(BadInput, match="TorchScript archive.*--trust-pickle") as caught:
+        load_model(str(path))
+    assert "weights_only" not in str(caught.value)
+    loaded = load_model(str(path), trust_pickle=True)
+    assert isinstance(loaded.model, torch.jit.ScriptModule) and not loaded.model.training
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(BadInput):
+        load_model(str(broken), trust_pickle=True)
+
+
 def test_cwd_on_path_and_import_flag(tmp_path, monkeypatch):
     """Classes of a pickled module resolve from the working directory (as a user runs it)."""
     src = os.path.join(os.path.dirname(__file__), "userpkg", "usernets.py")

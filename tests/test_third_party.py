@@ -127,6 +127,27 @@ def test_the_divergence_search_leaves_compiled_submodules_unhooked():
     assert not [n for n in watched if n.split(".")[0] in ("act", "head")]
 
 
+def test_compiled_research_layers_are_kept_and_reported(tmp_path):
+    """A TorchScript model (torch.jit.trace or script, e.g. from a .pt archive): its layers are compiled and cannot be
+    swapped; each registered type inside it, known by the class it was compiled from, is recorded as kept with the
+    reason (it was converted silently as nothing), --strict refuses it, and the model still exports and matches."""
+    from polyexport.errors import BadInput
+
+    model = randomize_(NoneTrainNet(), seed=4)
+    model.eval()  # returns None, as mmdet's does
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.jit.trace(model, (x,))
+    deployed, records = convert(compiled, "onnxruntime")
+    assert [(r.name, r.type, r.form) for r in records] == [("conv", "PSConv2d", "reference")]
+    assert "TorchScript" in records[0].note and "--arch" in records[0].note
+    with pytest.raises(BadInput, match="'conv' \\(PSConv2d\\) is compiled.*--strict"):
+        convert(compiled, "onnxruntime", strict=True)
+    report = polyexport.export(compiled, [x], target="onnxruntime", out=str(tmp_path / "o"), bench=False)
+    assert report.passed, report.parity
+    inside = nn.Sequential(nn.Identity(), torch.jit.trace(model, (x,)))  # compiled inside a Python model
+    assert [(r.name, r.form) for r in convert(inside, "onnxruntime")[1]] == [("1.conv", "reference")]
+
+
 def _swapped(original: nn.Module, deployed: nn.Module, records) -> list[tuple[nn.Module, nn.Module]]:
     converted = {r.name for r in records if r.form not in ("reference", "folded", "absorbed")}
     assert converted, "nothing was converted: the test would prove nothing"
