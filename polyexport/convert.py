@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from .errors import BadInput
-from .modules import carry_over, has_hooks, replace_module, set_eval, structural_copy
+from .modules import carry_over, has_hooks, replace_module, set_eval, structural_copy, unwrapped
 
 from .targets import TARGETS  # noqa: E402
 
@@ -427,7 +427,7 @@ def convert(model: nn.Module, target: str | None = None, forms: dict[str, str] |
     modules.structural_copy) and what was done to each layer."""
     if target is not None and target not in TARGETS:
         raise BadInput(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
-    deployed = set_eval(structural_copy(model))
+    deployed = set_eval(structural_copy(unwrapped(model)[0]))  # without DataParallel / torch.compile wrappers
     deployed, records = swap_layers(deployed, target, forms, dynamic_batch, strict, ranker)
     records += fold_into_next_conv(deployed)
     if fold_bn:

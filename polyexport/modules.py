@@ -135,3 +135,38 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> list[str]:
         parent = root.get_submodule(parent_name) if parent_name else root
         setattr(parent, child, new)
     return clashes
+
+
+def _wrapped(module: nn.Module) -> tuple[nn.Module, str] | None:
+    """(the module inside, what wrapped it) for a wrapper that only runs its module another way, else None."""
+    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return module.module, type(module).__name__
+    if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
+        return module._orig_mod, "torch.compile"  # recognised by name: importing torch._dynamo costs seconds
+    return None
+
+
+def unwrapped(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """`model` without DataParallel / DistributedDataParallel (`.module`) and torch.compile's OptimizedModule
+    (`._orig_mod`), at its root or inside it (a compiled block): they compute what their module computes, and no
+    exporter takes them (TorchScript refuses DataParallel and cannot trace a dynamo-compiled function). Inside, a
+    structural copy is changed (the caller's model is not); returns the notes for the report."""
+    notes: list[str] = []
+    while (inner := _wrapped(model)) is not None:
+        model, how = inner
+        notes.append(f"the model was wrapped by {how}: the module inside it is what is exported")
+    inside: list[str] = []
+    for n, m in model.named_modules():
+        if n and _wrapped(m) is not None and not any(n.startswith(o + ".") for o in inside):
+            inside.append(n)
+    if inside:
+        model = structural_copy(model)
+        while (name := next((n for n, m in model.named_modules() if n and _wrapped(m) is not None), None)) is not None:
+            wrapper = model.get_submodule(name)
+            while (inner := _wrapped(wrapper)) is not None:
+                wrapper = inner[0]
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, wrapper)
+        notes.append(f"{len(inside)} submodule(s) wrapped by torch.compile or DataParallel ({', '.join(inside[:3])}"
+                     f"{', …' if len(inside) > 3 else ''}): the modules inside them are what is exported")
+    return model, notes

@@ -28,7 +28,7 @@ from .explain import Localiser, explain_runtime_error, module_kinds
 from .exporter import ExportInfo, check_export_tools, export_onnx, finish_export, first_line, flatten_outputs, output_names
 from .exporter.fp16 import graph_for
 from .inputs import InputSpec, make_specs, random_inputs, to_torch
-from .modules import set_eval
+from .modules import set_eval, unwrapped
 from .noise_floor import NoiseFloor, measure_noise_floor
 from .outdir import OutputTransaction, check_out
 from .parity import ParityResult, Tolerance, judge, reference_warnings
@@ -224,6 +224,8 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = Non
     inputs fully where shapes do not (integer indices, named dynamic axes such as a dynamic head's
     instance count; `output_axes` then names every output's); otherwise `example_inputs` or `input_shapes`.
     """
+    model, unwrapping = unwrapped(model)  # DataParallel, torch.compile: the module they run is what is exported
+    notes = [*notes, *unwrapping]
     opts = ExportOptions(target=target, out=out, **options)
     stages = Stages()
     phase = Phases(progress, stages.timings)

@@ -148,6 +148,27 @@ def test_compiled_research_layers_are_kept_and_reported(tmp_path):
     assert [(r.name, r.form) for r in convert(inside, "onnxruntime")[1]] == [("1.conv", "reference")]
 
 
+def test_dataparallel_and_torch_compile_wrappers_are_looked_through(tmp_path):
+    """A checkpoint pickled with its DataParallel wrapper, a model handed over after torch.compile, a block compiled
+    inside it: neither exporter takes them (DataParallel refused, "FX to torch.jit.trace a dynamo-optimized
+    function"); the modules they hold are deployed and exported, the report says so, the caller's model is left as
+    it was (never run compiled)."""
+    from polyexport.modules import unwrapped
+
+    plain = randomize_(NoneTrainNet(), seed=5)
+    plain.eval()
+    x = torch.randn(2, 3, 12, 12)
+    inner_compiled = nn.Sequential(torch.compile(plain), nn.ReLU())
+    for label, wrapped in [("DataParallel", nn.DataParallel(plain)), ("torch.compile", torch.compile(plain)),
+                           ("inside", inner_compiled)]:
+        report = polyexport.export(wrapped, [x], target="onnxruntime", out=str(tmp_path / label), bench=False, dynamic_batch=True)
+        assert report.passed, (label, report.parity)
+        assert [l["form"] for l in report.layers if l["type"] == "PSConv2d"] != ["reference"], label
+        assert any("wrapped by" in n for n in report.notes), (label, report.notes)
+    assert type(inner_compiled[0]).__name__ == "OptimizedModule"  # the caller's model: untouched
+    assert unwrapped(inner_compiled)[0][0] is not inner_compiled[0]
+
+
 def _swapped(original: nn.Module, deployed: nn.Module, records) -> list[tuple[nn.Module, nn.Module]]:
     converted = {r.name for r in records if r.form not in ("reference", "folded", "absorbed")}
     assert converted, "nothing was converted: the test would prove nothing"

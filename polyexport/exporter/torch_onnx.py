@@ -119,9 +119,11 @@ def _traced(model: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.jit.Scrip
         return torch.jit.trace(model, args, check_trace=False, strict=False)
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The exception's first paragraph on one line (torch's messages wrap a value over lines: "output 1 (3\\n[
+    torch.LongTensor{} ]) of traced region ..."), at most `limit` characters."""
+    text = " ".join(str(e).strip().split("\n\n")[0].split())
+    return f"{type(e).__name__}: {text if len(text) <= limit else text[:limit - 1] + '…'}"
 
 
 def locate_failure(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int, exporter: str) -> str | None:
