@@ -69,15 +69,19 @@ def resolve_callable(spec: str) -> object:
     return obj
 
 
-def build_from_spec(spec: str) -> Loaded:
-    """`zoo:NAME` or `package.module:callable` (called with no arguments) -> module."""
+def build_from_spec(spec: str, weights: bool = True) -> Loaded:
+    """`zoo:NAME` or `package.module:callable` (called with no arguments) -> module. A zoo model gets seeded random
+    weights and BN statistics (no pretrained weights ship): default-initialised, EfficientNet's output does not
+    depend on its input at all, and parity on it proves nothing. `weights=False` (--arch, a state_dict follows): as built."""
     if spec.startswith("zoo:"):
         from . import zoo
 
         name = spec[4:]
         entry = zoo.get(name)
         specs = zoo.input_specs(entry)
-        return Loaded(entry.build(), f"zoo:{name}", entry.input_shape, input_specs=specs, output_axes=entry.output_axes)
+        model, source = (zoo.instantiate(name, seed=0), f"zoo:{name} (seeded random weights and BN statistics)") if weights \
+            else (entry.build(), f"zoo:{name}")
+        return Loaded(model, source, entry.input_shape, input_specs=specs, output_axes=entry.output_axes)
     obj = resolve_callable(spec)
     if isinstance(obj, nn.Module):
         return Loaded(obj, spec)
@@ -284,7 +288,7 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
                 raise BadInput(f"{spec} holds a {kind}{keys}: neither an nn.Module nor a state_dict")
             if not arch:
                 raise BadInput(f"{spec} holds a state_dict ({len(sd)} tensors): pass --arch package.module:callable (or zoo:NAME) to build the model it belongs to")
-            loaded = build_from_spec(arch)
+            loaded = build_from_spec(arch, weights=False)
             load_state_dict_into(loaded.model, sd, spec)
             loaded.source = f"state_dict {spec} into {arch}"
         if arch and not loaded.source.startswith("state_dict"):

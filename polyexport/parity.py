@@ -128,9 +128,11 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: floa
     return OutputDiff(name, max_abs, rel, cos, scale, max_abs <= limit, limit, noise)
 
 
-def reference_warnings(refs: dict[str, list[np.ndarray]]) -> list[str]:
+def reference_warnings(refs: dict[str, list[np.ndarray]], rtol: float = 1e-4) -> list[str]:
     """What makes the PyTorch reference a poor witness, said before any comparison: an output that is
-    NaN/Inf somewhere, all zero, or one constant value for every input (parity then proves little)."""
+    NaN/Inf somewhere, all zero, one constant value for every input, or the same values for every input within
+    `rtol` of its scale (parity, which allows that much, then cannot tell the model from one that ignores its
+    input: untrained weights whose activations die out, as default-initialised EfficientNets' do)."""
     warnings = []
     labels = list(refs)
     for i in range(len(refs[labels[0]]) if labels else 0):
@@ -145,6 +147,13 @@ def reference_warnings(refs: dict[str, list[np.ndarray]]) -> list[str]:
         elif all(o.size and np.ptp(o) == 0 for o in outs) and len({float(o.flat[0]) for o in outs}) == 1:
             warnings.append(f"the PyTorch reference's {name} is the constant {float(outs[0].flat[0]):g} for every input: "
                             "parity proves little")
+        elif len(same := [o for o in outs if o.shape == outs[0].shape]) > 1:
+            scale = max(float(np.abs(o).max()) for o in same)
+            spread = max(float(np.abs(o - same[0]).max()) for o in same[1:])
+            if scale > 0 and spread <= rtol * scale:
+                warnings.append(f"the PyTorch reference's {name} barely depends on the input: {len(same)} random inputs move it by "
+                                f"{spread / scale:.1g} of its scale, within the {rtol:g} tolerance, so parity cannot tell the model "
+                                "from one that ignores its input (untrained weights whose activations die out? give trained ones)")
     return warnings
 
 

@@ -349,7 +349,7 @@ def check_runtimes(target: str, extra: Sequence[str] = (), threads: int | None =
 
 def take_reference(model: nn.Module, job: Job) -> Reference:
     outputs = {label: run_reference(model, arrays) for label, arrays in job.parity_sets}
-    return Reference(model, job.example, outputs, reference_warnings(outputs), first_sample=not job.named_axes)
+    return Reference(model, job.example, outputs, reference_warnings(outputs, job.opts.fp32_tolerances[1]), first_sample=not job.named_axes)
 
 
 def run_reference(model: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray]:

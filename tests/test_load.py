@@ -13,6 +13,10 @@ from polyexport.load import load_model
 
 def test_zoo_and_callable():
     assert type(load_model("zoo:resnet18").model).__name__ == "ResNet"
+    from polyexport import zoo  # MODEL zoo:NAME: the seeded random weights and BN statistics the tests prove, not an init
+    loaded = load_model("zoo:efficientnet_b0")
+    want = zoo.instantiate("efficientnet_b0", seed=0).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in loaded.model.state_dict().items()) and "random" in loaded.source
     loaded = load_model("usernets:build")
     assert isinstance(loaded.model, usernets.TinyNet) and not loaded.model.training
 

@@ -93,6 +93,19 @@ def test_reference_warnings_name_degenerate_outputs():
     assert len(w) == 3 and "output 0 is all zeros" in w[0] and "output 1 is the constant 7" in w[1] and "output 2 has 1 NaN/Inf" in w[2]
 
 
+def test_reference_warnings_name_an_output_the_input_barely_moves():
+    """Default-initialised EfficientNet-B0's logits are the same for every input (and the zoo's random one moves them by
+    2e-6 of their scale): parity, allowing 1e-4, cannot tell such a model from one that ignores its input."""
+    from polyexport.parity import reference_warnings
+
+    base = np.linspace(-1.0, 1.0, 10)
+    flat = reference_warnings({"a": [base], "b": [base + 2e-6], "c": [base - 1e-6]}, rtol=1e-4)
+    assert len(flat) == 1 and "output 0 barely depends on the input" in flat[0] and "2e-06" in flat[0]
+    assert reference_warnings({"a": [base], "b": [base + 0.05]}, rtol=1e-4) == []
+    assert reference_warnings({"a": [base], "b": [base + 2e-6]}, rtol=1e-6) == []  # the tolerance asked decides
+    assert reference_warnings({"a": [base], "b": [np.linspace(-1.0, 1.0, 12)]}) == []  # other batch: not compared
+
+
 def test_race_drops_clear_losers_early_and_keeps_close_ones_to_the_end(monkeypatch):
     """bench.race with the measurements fixed (the timer replaced): a form over drop_at_once × the best leaves
     after round 1, one over drop_above × after min_rounds, and a close pair runs every repeat. What the form
