@@ -5,6 +5,7 @@ Unpickling a full module runs code from the file, so it is done only when the us
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -123,12 +124,18 @@ def available_memory() -> int | None:
     return None
 
 
+#: plain-data classes training scripts pickle beside the weights, safe to rebuild (no code runs: an instance and its
+#: __dict__): timm's train.py saves its argparse.Namespace as `args`, which made every timm checkpoint ask for trust
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
 def _unsafe_globals(path: str) -> list[str]:
-    """Classes/functions the pickle would import, found without unpickling (zip checkpoints)."""
+    """Classes/functions the pickle would import, found without unpickling (zip checkpoints), but SAFE_GLOBALS."""
     if not zipfile.is_zipfile(path):
         return []
+    safe = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in safe]
     except Exception:  # noqa: BLE001 - a broken archive is reported by the load itself
         return []
 
@@ -202,7 +209,8 @@ def _read_checkpoint(path: str, trust_pickle: bool) -> object:
             "Re-run with --trust-pickle if you trust where it came from, or save a state_dict and pass --arch"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "WeightsUnpickler error:" in str(e):  # the reason, not torch's advice to load it unsafely

@@ -139,6 +139,23 @@ def test_safetensors_state_dict(tmp_path, monkeypatch):
         load_model(str(path), arch="usernets:build")
 
 
+def test_a_timm_training_checkpoint_loads_without_trust(tmp_path):
+    """timm's train.py saves {'epoch', 'arch', 'state_dict', 'optimizer', 'version', 'args': argparse.Namespace, ...}:
+    the Namespace is plain data, so the checkpoint is read safely (it asked for --trust-pickle); any other class still asks."""
+    import argparse
+
+    trained = usernets.build()
+    path = tmp_path / "checkpoint-9.pth.tar"
+    torch.save({"epoch": 9, "arch": "tinynet", "state_dict": trained.state_dict(), "version": 2,
+                "args": argparse.Namespace(lr=0.1, model="tinynet")}, path)
+    loaded = load_model(str(path), arch="usernets:build")
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    torch.save({"state_dict": trained.state_dict(), "args": argparse.Namespace(lr=0.1), "net": usernets.build()}, path)
+    with pytest.raises(BadInput, match="--trust-pickle") as caught:
+        load_model(str(path), arch="usernets:build")
+    assert "TinyNet" in str(caught.value) and "Namespace" not in str(caught.value)
+
+
 def test_torchscript_archive_is_asked_for_and_loaded(tmp_path):
     """torch.jit.save's archives: their compiled code runs, so they need --trust-pickle like a pickle (torch.load's own
     error sent the user to weights_only=False)."""
