@@ -124,16 +124,28 @@ def available_memory() -> int | None:
     return None
 
 
-#: plain-data classes training scripts pickle beside the weights, safe to rebuild (no code runs: an instance and its
-#: __dict__): timm's train.py saves its argparse.Namespace as `args`, which made every timm checkpoint ask for trust
-SAFE_GLOBALS = (argparse.Namespace,)
+def _safe_globals() -> list:
+    """Plain-data classes training scripts pickle beside the weights, safe to rebuild (no code of the file runs: an
+    instance and its data): timm's train.py saves its argparse.Namespace as `args`, and many scripts a numpy scalar
+    or array (`best_acc1`); each made the whole checkpoint ask for --trust-pickle. numpy's are those PyTorch's own
+    weights_only documentation allows for numpy data."""
+    import numpy as np
+
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_)]
+    return [argparse.Namespace, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
+
+
+def _global_name(obj: object) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def _unsafe_globals(path: str) -> list[str]:
     """Classes/functions the pickle would import, found without unpickling (zip checkpoints), but SAFE_GLOBALS."""
     if not zipfile.is_zipfile(path):
         return []
-    safe = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    safe = {_global_name(c) for c in _safe_globals()} | {"numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar",
+                                                         "numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar"}
     try:
         return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in safe]
     except Exception:  # noqa: BLE001 - a broken archive is reported by the load itself
@@ -209,7 +221,7 @@ def _read_checkpoint(path: str, trust_pickle: bool) -> object:
             "Re-run with --trust-pickle if you trust where it came from, or save a state_dict and pass --arch"
         )
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

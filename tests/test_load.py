@@ -140,14 +140,17 @@ def test_safetensors_state_dict(tmp_path, monkeypatch):
 
 
 def test_a_timm_training_checkpoint_loads_without_trust(tmp_path):
-    """timm's train.py saves {'epoch', 'arch', 'state_dict', 'optimizer', 'version', 'args': argparse.Namespace, ...}:
-    the Namespace is plain data, so the checkpoint is read safely (it asked for --trust-pickle); any other class still asks."""
+    """timm's train.py saves {'epoch', 'arch', 'state_dict', 'optimizer', 'version', 'args': argparse.Namespace, ...},
+    and many scripts a numpy metric: plain data, so the checkpoint is read safely (it asked for --trust-pickle); any
+    other class still asks."""
     import argparse
 
     trained = usernets.build()
     path = tmp_path / "checkpoint-9.pth.tar"
+    import numpy as np
+
     torch.save({"epoch": 9, "arch": "tinynet", "state_dict": trained.state_dict(), "version": 2,
-                "args": argparse.Namespace(lr=0.1, model="tinynet")}, path)
+                "args": argparse.Namespace(lr=0.1, model="tinynet"), "metric": np.float64(71.5), "hist": np.arange(3)}, path)
     loaded = load_model(str(path), arch="usernets:build")
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     torch.save({"state_dict": trained.state_dict(), "args": argparse.Namespace(lr=0.1), "net": usernets.build()}, path)
