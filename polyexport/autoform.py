@@ -137,8 +137,11 @@ class FormTimer:
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
         self.alternatives = alternatives  # whole-model alternatives timed at most (None: every plausible one)
         self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
+        #: on OpenVINO a layer is timed with an activation after it, as most layers' outputs meet one (see Framed)
+        self.frame_activation = runtime == "openvino"
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
-                        f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else "") + "|framed")
+                        f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else "")
+                        + ("|framed, activation" if self.frame_activation else "|framed"))
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.tell: Callable[[str], object] = lambda msg: None  # progress within the deploy phase (set by choose_deployment)
         self._asked = 0
@@ -220,9 +223,13 @@ class FormTimer:
         """Each form's latency, framed (Framed); inf for a form that fails to export, to run, or to match the
         reference layer on this runtime at this input (so a form that is wrong here is never chosen)."""
         with torch.no_grad():
-            want = [t.numpy() for t in flatten_outputs(ref(*args))]
-        frame = Framed.channels(args), Framed.channels(want)
-        builds = {f.name: (lambda f: lambda: Framed(set_eval(f.build(ref)), *frame))(f) for f in forms}
+            outs = flatten_outputs(ref(*args))
+        frame = Framed.channels(args), Framed.channels(outs)
+        with torch.no_grad():  # what the frame gives: the layer's outputs, through the SiLU where the frame has one
+            want = [(torch.nn.functional.silu(t) if self.frame_activation and c is not None else t).numpy()
+                    for t, c in zip(outs, frame[1])]
+        builds = {f.name: (lambda f: lambda: Framed(set_eval(f.build(ref)), *frame, activation=self.frame_activation))(f)
+                  for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
                              repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
                              second_batch=self.second_batch, tie=TIE)
@@ -259,13 +266,19 @@ class Framed(nn.Module):
     own blocked layout (OpenVINO) pays reorders at both edges that it does not pay between layers of a network:
     that favoured forms without convs (MatMuls) on single layers (DCD, CondConv: benchmarks/form_timing_framed.py)
     whose whole models then ran 1.2× to 3.7× slower (benchmarks/results/forms.md). Framed, the edges are convs,
-    as in a network."""
+    as in a network. With `activation` (OpenVINO) a SiLU meets the layer's output first, as most layers' outputs meet
+    an activation: there an elementwise op after a MatMul's output runs 4× slower than after a conv (CondConv 112→672
+    at 14×14: `bank_batched` 0.38 ms framed, 1.55 ms with a SiLU after; `bank_batched_blocked`, which ends in a conv,
+    0.55 and 0.60), which a conv alone after it hid: the per-layer choice took `bank_batched` for every pointwise
+    CondConv of CondConv-EfficientNet-B0, whose whole model then ran 1.3× the `_blocked` choice. The activation
+    changes what is timed, not what is checked: the reference's output goes through the same SiLU."""
 
-    def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None]):
+    def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None],
+                 activation: bool = False):
         super().__init__()
         self.inner = inner
         self.pre = nn.ModuleList([self._identity(c) for c in in_channels])
-        self.post = nn.ModuleList([self._identity(c) for c in out_channels])
+        self.post = nn.ModuleList([self._identity(c, activation) for c in out_channels])
 
     @staticmethod
     def channels(tensors) -> list[int | None]:
@@ -273,14 +286,15 @@ class Framed(nn.Module):
         return [t.shape[1] if len(getattr(t, "shape", ())) == 4 and t.shape[1] > 0 else None for t in tensors]
 
     @staticmethod
-    def _identity(channels: int | None) -> nn.Module:
+    def _identity(channels: int | None, activation: bool = False) -> nn.Module:
+        """An identity depthwise 1×1 conv; with `activation`, a SiLU before it (applied to the layer's output)."""
         if channels is None:
             return nn.Identity()
         conv = nn.Conv2d(channels, channels, 1, groups=channels)
         with torch.no_grad():
             conv.weight.fill_(1.0)
             conv.bias.zero_()
-        return conv.eval()
+        return nn.Sequential(nn.SiLU(), conv).eval() if activation else conv.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = flatten_outputs(self.inner(*(pre(a) for pre, a in zip(self.pre, args))))
