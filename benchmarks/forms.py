@@ -69,6 +69,7 @@ def verdict(ratios: list[float], same_graph: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*")
+    ap.add_argument("--runtimes", nargs="*", help="default: every installed one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
@@ -88,7 +89,7 @@ def main() -> None:
             entry = zoo.get(name)
             model = zoo.instantiate(name, seed=0)
             x = torch.randn(*entry.input_shape)
-            for rt in runtimes_here(None):
+            for rt in runtimes_here(args.runtimes):
                 fns, assigned = {}, {}
                 for tag, (m, assign) in variants(model, x, rt, args.threads, cache).items():
                     runner, feeds = load_runner(rt, m, (x,), tmp, f"{name}-{rt}-{tag.replace('=', '-')}", args.threads)
