@@ -121,7 +121,8 @@ class FormTimer:
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
                  cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, dynamic_batch: bool = False,
-                 alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None):
+                 alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None,
+                 frame_activation: bool = False):
         self.runtime, self.options, self.inputs = runtime, options, inputs
         self.final = final  # where and how whole-model candidates are exported (None: a temporary folder, generic names)
         self.exported: dict[str, CheckedGraph] = {}  # the last whole-model check's exports, by candidate
@@ -137,8 +138,8 @@ class FormTimer:
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
         self.alternatives = alternatives  # whole-model alternatives timed at most (None: every plausible one)
         self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
-        #: on OpenVINO a layer is timed with an activation after it, as most layers' outputs meet one (see Framed)
-        self.frame_activation = runtime == "openvino"
+        #: time each layer with a SiLU after it (Framed's `activation`): measured, not the default (see Framed)
+        self.frame_activation = frame_activation
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
                         f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else "")
                         + ("|framed, activation" if self.frame_activation else "|framed"))
@@ -266,12 +267,13 @@ class Framed(nn.Module):
     own blocked layout (OpenVINO) pays reorders at both edges that it does not pay between layers of a network:
     that favoured forms without convs (MatMuls) on single layers (DCD, CondConv: benchmarks/form_timing_framed.py)
     whose whole models then ran 1.2× to 3.7× slower (benchmarks/results/forms.md). Framed, the edges are convs,
-    as in a network. With `activation` (OpenVINO) a SiLU meets the layer's output first, as most layers' outputs meet
-    an activation: there an elementwise op after a MatMul's output runs 4× slower than after a conv (CondConv 112→672
-    at 14×14: `bank_batched` 0.38 ms framed, 1.55 ms with a SiLU after; `bank_batched_blocked`, which ends in a conv,
-    0.55 and 0.60), which a conv alone after it hid: the per-layer choice took `bank_batched` for every pointwise
-    CondConv of CondConv-EfficientNet-B0, whose whole model then ran 1.3× the `_blocked` choice. The activation
-    changes what is timed, not what is checked: the reference's output goes through the same SiLU."""
+    as in a network. With `activation` a SiLU meets the layer's output first, as many layers' outputs meet an
+    activation: on OpenVINO an elementwise op after a MatMul's output runs 4× slower than after a conv (CondConv
+    112→672 at 14×14: `bank_batched` 0.38 ms framed, 1.55 ms with a SiLU after; `bank_batched_blocked`, ending in a
+    conv, 0.55 and 0.60), which the conv alone hides. Not the default: timed so, CondConv-EfficientNet-B0's OpenVINO
+    graph ran 0.76–0.78× the default's, DY-MobileNetV3-Small's 1.13–1.32× (benchmarks/form_timing_activation.py),
+    since a layer's real consumer is sometimes an activation and sometimes not. It changes what is timed, not what is
+    checked: the reference's output goes through the same SiLU."""
 
     def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None],
                  activation: bool = False):
