@@ -103,27 +103,33 @@ BOUND_STATIC, BOUND_DYNAMIC = 1.25, 1.3
 DYNAMIC = {"Dynamic_conv2d", "CondConv2d", "conv_dy", "conv_basic_dy", "DYModule", "DRConv2d", "DRConv"}
 
 
-def criteria(rows: list[dict]) -> str:
-    """Per layer, shape and runtime: the fastest deploy form against the plain conv, scaled by FLOPs."""
+def fastest_forms(rows: list[dict], layers: set[str] | None = None):
+    """Per (layer, shape, runtime), in the rows' order: its modules by tag and the tag of its fastest timed form
+    (the cases with no timed form or no reference left out); only `layers` where given."""
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        keyed.setdefault((r["layer"], r["config"], r["runtime"]), {})[r["module"]] = r
+        if layers is None or r["layer"] in layers:
+            keyed.setdefault((r["layer"], r["config"], r["runtime"]), {})[r["module"]] = r
+    for key, mods in keyed.items():
+        forms = [k for k, v in mods.items() if k.startswith("form:") and "ratio" in v]
+        if forms and "reference" in mods:
+            yield key, mods, min(forms, key=lambda k: mods[k]["ratio"])
+
+
+def criteria(rows: list[dict]) -> str:
+    """Per layer, shape and runtime: the fastest deploy form against the plain conv, scaled by FLOPs."""
     body = []
-    for (layer, config, rt), mods in keyed.items():
-        forms = {k: v for k, v in mods.items() if k.startswith("form:") and "ratio" in v}
-        ref = mods.get("reference")
-        if not forms or ref is None:
-            continue
-        best = min(forms, key=lambda k: forms[k]["ratio"])
+    for (layer, config, rt), mods, best in fastest_forms(rows):
+        ref = mods["reference"]
         flops = ref["flops_ratio"]
         bound = BOUND_DYNAMIC if layer in DYNAMIC else BOUND_STATIC
         as_is = f"{ref['ratio']:.2f}×" if "ratio" in ref else "fails to export"
         if flops == 0:  # pure data movement (space_to_depth alone): the FLOPs-scaled bound does not apply
             verdict = ["n/a (no FLOPs)", "", "n/a"]
         else:
-            overhead = forms[best]["ratio"] / flops
+            overhead = mods[best]["ratio"] / flops
             verdict = [f"{overhead:.2f}", f"{bound}", "yes" if overhead <= bound else "**no**"]
-        body.append([layer, config, rt, best.removeprefix("form:"), f"{forms[best]['ratio']:.2f}×", as_is, f"{flops:.2f}×", *verdict])
+        body.append([layer, config, rt, best.removeprefix("form:"), f"{mods[best]['ratio']:.2f}×", as_is, f"{flops:.2f}×", *verdict])
     return md_table(["layer", "shape", "runtime", "fastest form", "its latency vs conv", "reference export vs conv",
                      "layer FLOPs vs conv", "latency / FLOPs ratio", "bound", "within"], body)
 
@@ -136,22 +142,16 @@ ISSUE15 = {"CondConv2d", "Dynamic_conv2d", "conv_dy", "conv_basic_dy", "DYModule
 
 def criteria_dynamic(rows: list[dict]) -> str:
     """Issue 15's criterion, per input-dependent layer, shape and runtime, with both floors measured beside the forms."""
-    keyed: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        if r["layer"] in ISSUE15:
-            keyed.setdefault((r["layer"], r["config"], r["runtime"]), {})[r["module"]] = r
     body = []
-    for (layer, config, rt), mods in keyed.items():
-        forms = {k: v for k, v in mods.items() if k.startswith("form:") and "ratio" in v}
-        if not forms or "ms" not in mods.get("yardstick", {}):
+    for (layer, config, rt), mods, best in fastest_forms(rows, ISSUE15):
+        if "ms" not in mods.get("yardstick", {}):
             continue
-        best = min(forms, key=lambda k: forms[k]["ratio"])
         flops = mods["reference"]["flops_ratio"]
         aggregation = mods.get("floor:aggregation", {})
         weight_read = 1 + aggregation["ms"] / mods["yardstick"]["ms"] if "ms" in aggregation else 1.0
         attention = mods.get("floor:attention", {})
         limit = BOUND_ISSUE15 * flops * weight_read
-        ratio = forms[best]["ratio"]
+        ratio = mods[best]["ratio"]
         body.append([layer, config, rt, best.removeprefix("form:"), f"{ratio:.2f}×", f"{flops:.2f}×",
                      f"{weight_read:.2f}×" if "ms" in aggregation else "1 (no bank)",
                      f"{attention['ratio']:.2f}×" if "ratio" in attention else "—",

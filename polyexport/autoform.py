@@ -225,8 +225,8 @@ class FormTimer:
         reference layer on this runtime at this input (so a form that is wrong here is never chosen)."""
         with torch.no_grad():
             outs = flatten_outputs(ref(*args))
-        frame = Framed.channels(args), Framed.channels(outs)
-        with torch.no_grad():  # what the frame gives: the layer's outputs, through the SiLU where the frame has one
+            frame = Framed.channels(args), Framed.channels(outs)
+            # what the frame gives: the layer's outputs, through the SiLU where the frame has one
             want = [(torch.nn.functional.silu(t) if self.frame_activation and c is not None else t).numpy()
                     for t, c in zip(outs, frame[1])]
         builds = {f.name: (lambda f: lambda: Framed(set_eval(f.build(ref)), *frame, activation=self.frame_activation))(f)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import BadInput, RuntimeMissing
+from .exporter import first_line
 
 #: keys under which training scripts save the module (YOLO: ema preferred over model when set)
 MODULE_KEYS = ("ema", "model", "module", "net")
@@ -141,11 +142,11 @@ def _global_name(obj: object) -> str:
 
 
 def _unsafe_globals(path: str) -> list[str]:
-    """Classes/functions the pickle would import, found without unpickling (zip checkpoints), but SAFE_GLOBALS."""
+    """Classes/functions the pickle would import, found without unpickling (zip checkpoints), but those torch.load is
+    given as safe (_safe_globals: the same list, so what passes here also loads)."""
     if not zipfile.is_zipfile(path):
         return []
-    safe = {_global_name(c) for c in _safe_globals()} | {"numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar",
-                                                         "numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar"}
+    safe = {_global_name(c) for c in _safe_globals()}
     try:
         return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in safe]
     except Exception:  # noqa: BLE001 - a broken archive is reported by the load itself
@@ -169,8 +170,7 @@ def _read_safetensors(path: str) -> dict:
     try:
         return load_file(path, device="cpu")
     except Exception as e:  # noqa: BLE001 - a corrupt header or truncated data
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadInput(f"{path} is not a readable safetensors file: {type(e).__name__}: {msg}") from e
+        raise BadInput(f"{path} is not a readable safetensors file: {first_line(e)}") from e
 
 
 def _is_torchscript(path: str) -> bool:
@@ -191,8 +191,7 @@ def _read_torchscript(path: str, trust_pickle: bool) -> nn.Module:
     try:
         return torch.jit.load(path, map_location="cpu")
     except Exception as e:  # noqa: BLE001
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadInput(f"{path} is not a readable TorchScript archive: {type(e).__name__}: {msg}") from e
+        raise BadInput(f"{path} is not a readable TorchScript archive: {first_line(e)}") from e
 
 
 def _looks_like_checkpoint(path: str) -> bool:
