@@ -35,7 +35,7 @@ from torch import nn
 
 from .bench import race
 from .errors import BadInput
-from .convert import Form, LayerRecord, assignment, convert, is_known_layer, plan, registered_layers
+from .convert import Form, LayerRecord, assignment, convert, followed_by, is_known_layer, plan, registered_layers
 from .exporter import ExportInfo, export_onnx, flatten_outputs
 from .exporter.fp16 import graph_for
 from .modules import set_eval
@@ -120,15 +120,17 @@ class FormTimer:
     """A converter ranker (convert.Ranker) that times forms on one runtime."""
 
     def __init__(self, runtime: str, options: RunnerOptions, inputs: dict[str, tuple[torch.Tensor, ...]],
-                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, dynamic_batch: bool = False,
+                 cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, warmup_s: float = 0.02,
+                 dynamic_batch: bool = False,
                  alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None,
-                 frame_activation: bool = False):
+                 tails: dict[str, nn.Sequential] | None = None):
         self.runtime, self.options, self.inputs = runtime, options, inputs
         self.final = final  # where and how whole-model candidates are exported (None: a temporary folder, generic names)
         self.exported: dict[str, CheckedGraph] = {}  # the last whole-model check's exports, by candidate
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
         self.cache_path: str | None = cache_path or default_cache_path()
-        self.repeats, self.min_time_s = repeats, min_time_s
+        #: a form's race: at most `repeats` rounds of `min_time_s` each, the first after `warmup_s` of warm-up (bench.race)
+        self.repeats, self.min_time_s, self.warmup_s = repeats, min_time_s, warmup_s
         #: on ONNX Runtime a form alone is timed as exported, not simplified: ORT folds its constants and shape
         #: arithmetic when it loads it, onnxsim took a fifth of the form choice, and the choices agree within noise
         #: (benchmarks/results/form_timing_simplified.md: 2 of 35 layers differ). On OpenVINO they did not (MixNet-S:
@@ -138,11 +140,11 @@ class FormTimer:
         precision = "fp16" if options.fp16 else "fp32"  # forms are timed as the final graph will run: in its precision
         self.alternatives = alternatives  # whole-model alternatives timed at most (None: every plausible one)
         self.second_batch = DYNAMIC_TIMING_BATCH if dynamic_batch else None
-        #: time each layer with a SiLU after it (Framed's `activation`): measured, not the default (see Framed)
-        self.frame_activation = frame_activation
+        #: what follows each layer in the model (convert.layer_tails), timed with its forms: None times each form alone
+        self.tails = tails
         self.context = (f"{runtime}|{_version(runtime)}|{options.device}|threads={options.resolved_threads()}|dynamic={dynamic_batch}"
                         f"|{precision}" + (f"|and batch {self.second_batch}" if dynamic_batch else "")
-                        + ("|framed, activation" if self.frame_activation else "|framed"))
+                        + ("|framed" if tails is None else "|framed, with what follows"))
         self.notes: list[str] = []  # what went wrong with the cache (reported, never fatal)
         self.tell: Callable[[str], object] = lambda msg: None  # progress within the deploy phase (set by choose_deployment)
         self._asked = 0
@@ -200,7 +202,8 @@ class FormTimer:
         args = self.inputs.get(name)
         if args is None:  # not reached in the sample forward: keep the measured preference order
             return forms
-        key = f"{self.context}|{signature(ref, args)}"
+        tail = self._tail(name, ref, args)
+        key = f"{self.context}|{signature(ref, args)}" + (f"|then {_describe(tail)}" if tail is not None else "")
         timings: dict[str, float] = dict(self.cache.get(key, {}))
         missing = [f for f in forms if f.name not in timings]
         cached = not missing
@@ -208,7 +211,7 @@ class FormTimer:
         if missing:
             self.tell(f"layer {self._asked} of {len(self.inputs)}, {name} ({type(ref).__name__}): timing {', '.join(f.name for f in missing)}")
             t0 = time.perf_counter()
-            timings.update(self._time(ref, args, missing))
+            timings.update(self._time(ref, args, missing, tail))
             self.cache[key] = timings
             self._save()
             spent = time.perf_counter() - t0
@@ -220,19 +223,32 @@ class FormTimer:
                              "cached": cached, "seconds": round(spent, 2)})
         return ranked
 
-    def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form]) -> dict[str, float]:
-        """Each form's latency, framed (Framed); inf for a form that fails to export, to run, or to match the
-        reference layer on this runtime at this input (so a form that is wrong here is never chosen)."""
+    def _tail(self, name: str, ref: nn.Module, args: tuple[torch.Tensor, ...]) -> nn.Sequential | None:
+        """What follows this layer and is timed with it: its tail (convert.layer_tails) where it gives one image."""
+        tail = (self.tails or {}).get(name)
+        if tail is None:
+            return None
         with torch.no_grad():
-            outs = flatten_outputs(ref(*args))
+            outs = flatten_outputs(ref(*_fresh(args)))
+        return tail if len(outs) == 1 and outs[0].dim() == 4 else None
+
+    def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form], tail: nn.Sequential | None = None) -> dict[str, float]:
+        """Each form's latency, framed (Framed), followed by `tail` as the converter deploys them (convert.followed_by);
+        inf for a form that fails to export, to run, or to match the reference layer (and its tail) on this runtime at
+        this input (so a form that is wrong here is never chosen)."""
+        with torch.no_grad():
+            outs = flatten_outputs(ref(*_fresh(args)))
+            if tail is not None:
+                outs = (tail(outs[0]),)
             frame = Framed.channels(args), Framed.channels(outs)
-            # what the frame gives: the layer's outputs, through the SiLU where the frame has one
-            want = [(torch.nn.functional.silu(t) if self.frame_activation and c is not None else t).numpy()
-                    for t, c in zip(outs, frame[1])]
-        builds = {f.name: (lambda f: lambda: Framed(set_eval(f.build(ref)), *frame, activation=self.frame_activation))(f)
-                  for f in forms}
+            want = [t.numpy() for t in outs]
+
+        def build(form: Form) -> nn.Module:
+            deployed = set_eval(form.build(ref))
+            return Framed(deployed if tail is None else followed_by(deployed, tail), *frame)
+        builds = {f.name: (lambda f: lambda: build(f))(f) for f in forms}
         return _time_checked(builds, args, want, self.runtime, self.options, self.dynamic_batch,
-                             repeats=self.repeats, warmup_s=0.02, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
+                             repeats=self.repeats, warmup_s=self.warmup_s, min_time_s=self.min_time_s, simplifier=self.layer_simplifier,
                              second_batch=self.second_batch, tie=TIE)
 
     def whole_models(self, candidates: dict, args: tuple[torch.Tensor, ...]) -> tuple[dict[str, float | None], bool]:
@@ -267,20 +283,14 @@ class Framed(nn.Module):
     own blocked layout (OpenVINO) pays reorders at both edges that it does not pay between layers of a network:
     that favoured forms without convs (MatMuls) on single layers (DCD, CondConv: benchmarks/form_timing_framed.py)
     whose whole models then ran 1.2× to 3.7× slower (benchmarks/results/forms.md). Framed, the edges are convs,
-    as in a network. With `activation` a SiLU meets the layer's output first, as many layers' outputs meet an
-    activation: on OpenVINO an elementwise op after a MatMul's output runs 4× slower than after a conv (CondConv
-    112→672 at 14×14: `bank_batched` 0.38 ms framed, 1.55 ms with a SiLU after; `bank_batched_blocked`, ending in a
-    conv, 0.55 and 0.60), which the conv alone hides. Not the default: timed so, CondConv-EfficientNet-B0's OpenVINO
-    graph ran 0.76–0.78× the default's, DY-MobileNetV3-Small's 1.13–1.32× (benchmarks/form_timing_activation.py),
-    since a layer's real consumer is sometimes an activation and sometimes not. It changes what is timed, not what is
-    checked: the reference's output goes through the same SiLU."""
+    as in a network. What follows the layer in the model (its tail: the BN the converter folds into it, the activation
+    after) is inside the frame, with the form (FormTimer's `tails`)."""
 
-    def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None],
-                 activation: bool = False):
+    def __init__(self, inner: nn.Module, in_channels: list[int | None], out_channels: list[int | None]):
         super().__init__()
         self.inner = inner
         self.pre = nn.ModuleList([self._identity(c) for c in in_channels])
-        self.post = nn.ModuleList([self._identity(c, activation) for c in out_channels])
+        self.post = nn.ModuleList([self._identity(c) for c in out_channels])
 
     @staticmethod
     def channels(tensors) -> list[int | None]:
@@ -288,15 +298,15 @@ class Framed(nn.Module):
         return [t.shape[1] if len(getattr(t, "shape", ())) == 4 and t.shape[1] > 0 else None for t in tensors]
 
     @staticmethod
-    def _identity(channels: int | None, activation: bool = False) -> nn.Module:
-        """An identity depthwise 1×1 conv; with `activation`, a SiLU before it (applied to the layer's output)."""
+    def _identity(channels: int | None) -> nn.Module:
+        """An identity depthwise 1×1 conv."""
         if channels is None:
             return nn.Identity()
         conv = nn.Conv2d(channels, channels, 1, groups=channels)
         with torch.no_grad():
             conv.weight.fill_(1.0)
             conv.bias.zero_()
-        return nn.Sequential(nn.SiLU(), conv).eval() if activation else conv.eval()
+        return conv.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = flatten_outputs(self.inner(*(pre(a) for pre, a in zip(self.pre, args))))
@@ -354,6 +364,11 @@ def _time_checked(builds: dict[str, Callable[[], nn.Module]], args: tuple[torch.
         for r in loaded.values():
             r.close()
     return out
+
+
+def _describe(tail: nn.Sequential) -> str:
+    """A tail as far as a form's speed goes: its modules' kinds (a BN's statistics and an activation's slope aside)."""
+    return ",".join(type(m).__name__ for m in tail)
 
 
 def _fresh(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

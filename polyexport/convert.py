@@ -6,6 +6,7 @@ written by other codebases (timm, the papers' repos), which rebuild it as our re
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import pkgutil
 import warnings
@@ -398,13 +399,99 @@ def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module],
     return records
 
 
-def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
-    """Fold every BatchNorm2d that directly follows a conv (or a deploy module) into it, in place."""
+#: activations a layer's tail may end in, as modules (an activation called as a function gets its module)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Tanh)
+_ACTIVATION_FUNCTIONS = {torch.relu: nn.ReLU, torch.nn.functional.relu: nn.ReLU, torch.nn.functional.relu6: nn.ReLU6,
+                         torch.nn.functional.silu: nn.SiLU, torch.nn.functional.hardswish: nn.Hardswish,
+                         torch.nn.functional.hardsigmoid: nn.Hardsigmoid, torch.sigmoid: nn.Sigmoid,
+                         torch.nn.functional.gelu: nn.GELU, torch.tanh: nn.Tanh}
+
+
+def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
+    """What follows each known layer in `model`, by layer name, where it is a BatchNorm2d the converter folds and/or an
+    activation, each the only user of what comes before it: a copy of those modules. A deploy form's speed depends on
+    them (on OpenVINO a folded BN's shift and an activation after a MatMul's output cost more than after a conv), so the
+    form timer times each form with its tail (autoform.FormTimer). Found by the converter's own symbolic trace; a
+    layer in a module that cannot be traced, or followed by anything else, has no entry."""
+    tails: dict[str, nn.Sequential] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if not any(is_known_layer(m) for name, m in module.named_modules() if name):
+            return
+        try:
+            graph = _LeafTracer().trace(module)
+        except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
+            for child_name, child in module.named_children():
+                visit(child, f"{prefix}{child_name}.")
+            return
+        for node in graph.nodes:
+            if node.op != "call_module" or not is_known_layer(module.get_submodule(node.target)):
+                continue
+            parts, at = [], node
+            nxt = _only_user(at)
+            if nxt is not None and nxt.op == "call_module" and _takes_bn(bn := module.get_submodule(nxt.target)) \
+                    and bn.track_running_stats and bn.running_mean is not None and not has_hooks(bn):
+                parts.append(copy.deepcopy(bn))
+                at, nxt = nxt, _only_user(nxt)
+            act = _activation(module, nxt)
+            if act is not None:
+                parts.append(act)
+            if parts:
+                tails[prefix + node.target] = nn.Sequential(*parts).eval()
+
+    visit(model, "")
+    return tails
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _activation(module: nn.Module, node: fx.Node | None) -> nn.Module | None:
+    """The activation `node` computes on its one input, as a fresh module; None for anything else."""
+    if node is None or len(node.args) != 1 or set(node.kwargs) - {"inplace"}:
+        return None
+    if node.op == "call_module":
+        m = module.get_submodule(node.target)
+        return copy.deepcopy(m) if type(m) in _ACTIVATIONS and not has_hooks(m) else None
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        return _ACTIVATION_FUNCTIONS[node.target]()
+    return None
+
+
+def _fuse_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module | None:
     from .deploy_layers.conv_bn import fuse_conv_bn
 
+    return conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn)
+
+
+class _Then(nn.Module):
+    """A layer (any number of inputs) and the modules that follow it."""
+
+    def __init__(self, layer: nn.Module, tail: nn.Module):
+        super().__init__()
+        self.layer, self.tail = layer, tail
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.layer(*args))
+
+
+def followed_by(form: nn.Module, tail: nn.Sequential) -> nn.Module:
+    """A deploy form with what follows its layer (layer_tails), as the converter deploys the two: a leading
+    BatchNorm2d folded into the form where fold_batchnorm folds it, the rest after it. `tail` is not changed."""
+    rest = [copy.deepcopy(m) for m in tail]
+    if rest and _bn_pair(form, rest[0]):
+        fused = _fuse_bn(form, rest[0])
+        if fused is not None:
+            form, rest = fused, rest[1:]
+    return _Then(form, nn.Sequential(*rest)).eval()
+
+
+def fold_batchnorm(model: nn.Module) -> list[LayerRecord]:
+    """Fold every BatchNorm2d that directly follows a conv (or a deploy module) into it, in place."""
     return _fold_pairs(
         model, _bn_pair,
-        lambda conv, bn: conv.fuse_bn(bn) if hasattr(conv, "fuse_bn") else fuse_conv_bn(conv, bn),
+        _fuse_bn,
         lambda a, b, bn: LayerRecord(b, "BatchNorm2d", "folded", f"into {a}", into=a),
         consumer=_takes_bn,
     )

@@ -13,7 +13,7 @@ from polyexport.cli import main
 from polyexport.convert import convert, plan
 from polyexport.layers.mixconv import MixedConv2d
 from polyexport.runtimes import RunnerOptions
-from polyexport.testing import assert_equivalent, randomize_
+from polyexport.testing import RTOL, assert_equivalent, max_rel_err, randomize_
 from polyexport.zoo import register
 
 
@@ -117,7 +117,7 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
     x = torch.randn(1, 16, 12, 12)
     ranker = form_timer(model, [x.numpy()], ExportOptions(target="onnxruntime", threads=1, form_choice="auto"))
     if fixed_ms is not None:
-        monkeypatch.setattr(ranker, "_time", lambda ref, args, forms: {f.name: fixed_ms[f.name] for f in forms})
+        monkeypatch.setattr(ranker, "_time", lambda ref, args, forms, tail=None: {f.name: fixed_ms[f.name] for f in forms})
     _, records = convert(model, "onnxruntime", ranker=ranker)
     alternatives = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
     timed = [assignment(records)] + [assignment(c.records) for c in alternatives.values()]
@@ -268,35 +268,106 @@ def test_a_form_is_timed_framed_by_identity_convs(tmp_path):
     export_onnx(framed, args, path, input_names=["input_0", "input_1"], n_outputs=1, simplifier="onnxsim")
     groups = sorted(a.i for n in onnx.load(path).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
     assert groups.count(6) == 1 and groups.count(10) == 1, groups
-    with torch.no_grad():  # OpenVINO's frame: a SiLU meets the output before its conv, as an activation would
-        acted = Framed(layer, Framed.channels(args), Framed.channels(want), activation=True)(*args)
-    assert torch.allclose(acted[0], torch.nn.functional.silu(want[0]), rtol=0, atol=1e-6)
-    export_onnx(Framed(layer, Framed.channels(args), Framed.channels(want), activation=True), args, path,
-                input_names=["input_0", "input_1"], n_outputs=1, simplifier="onnxsim")
-    ops = [n.op_type for n in onnx.load(path).graph.node]
-    assert ops[-1] == "Conv" and ({"Sigmoid", "Mul"} <= set(ops[-3:]) or "Silu" in ops), ops[-4:]
 
 
-def test_forms_can_be_timed_with_an_activation_after_them(tmp_path):
-    """The timer's `frame_activation` (off by default: benchmarks/form_timing_activation.py) frames each form with a
-    SiLU after it, under its own cache entries, and a form still has to match the reference (through the SiLU)."""
+class _TailedBlock(nn.Module):
+    """A CondConv block as EfficientNet-CC writes it: routing, conv, BN, activation called as a function."""
+
+    def __init__(self):
+        super().__init__()
+        from polyexport.layers.condconv import CondConv2d
+
+        self.route = nn.Linear(16, 4)
+        self.conv = CondConv2d(16, 24, 1, num_experts=4)
+        self.bn = nn.BatchNorm2d(24)
+        self.proj = CondConv2d(24, 16, 1, num_experts=4)
+        self.bn2 = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        r = torch.sigmoid(self.route(x.mean((2, 3))))
+        y = torch.nn.functional.silu(self.bn(self.conv(x, r)))
+        return x + self.bn2(self.proj(y, r))
+
+
+def test_forms_are_timed_with_what_follows_their_layer(tmp_path):
+    """With `tails` (convert.layer_tails, as the pipeline passes them) each form is timed with the BN the converter
+    folds into it and the activation after it, under cache entries of their own, and still has to match the
+    reference through them."""
     pytest.importorskip("openvino")
     from polyexport.autoform import FormTimer
-    from polyexport.convert import forms_of
+    from polyexport.convert import forms_of, layer_tails
     from polyexport.layers.condconv import CondConv2d
-    from polyexport.runtimes import RunnerOptions
 
-    layer = randomize_(CondConv2d(16, 24, 1, num_experts=4), seed=6).eval()
-    args = (torch.randn(1, 16, 7, 7), torch.rand(1, 4))
+    model = randomize_(_TailedBlock(), seed=6).eval()
+    tails = layer_tails(model)
+    assert {k: [type(m).__name__ for m in v] for k, v in tails.items()} == {"conv": ["BatchNorm2d", "SiLU"], "proj": ["BatchNorm2d"]}
+    inputs = capture_layer_inputs(model, (torch.randn(1, 16, 7, 7),))
     forms = [f for name, f in forms_of(CondConv2d).items() if name in ("bank_batched", "bank_batched_blocked")]
-    default = FormTimer("openvino", RunnerOptions(threads=1), {"conv": args}, cache_path=str(tmp_path / "a.json"))
-    acted = FormTimer("openvino", RunnerOptions(threads=1), {"conv": args}, cache_path=str(tmp_path / "b.json"),
-                      frame_activation=True)
-    assert not default.frame_activation and default.context.endswith("|framed")
-    assert acted.context.endswith("framed, activation")
-    acted("conv", layer, forms)
-    timed = acted.choices[-1]["timings_ms"]
-    assert all(v is not None for v in timed.values()), timed  # both matched the reference through the SiLU
+    alone = FormTimer("openvino", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "a.json"))
+    tailed = FormTimer("openvino", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "b.json"), tails=tails)
+    assert alone.context.endswith("|framed") and tailed.context.endswith("framed, with what follows")
+    for name in ("conv", "proj"):
+        tailed(name, model.get_submodule(name), forms)
+        timed = tailed.choices[-1]["timings_ms"]
+        assert all(v is not None for v in timed.values()), timed  # both matched the reference through the tail
+    keys = list(json.load(open(tmp_path / "b.json")))
+    assert [k.rsplit("|", 1)[1] for k in keys] == ["then BatchNorm2d,SiLU", "then BatchNorm2d"]
+
+
+def test_a_form_followed_by_its_tail_folds_the_bn_as_the_converter_does():
+    """followed_by: the BN folded into the form (no BatchNorm2d left), the activation after; equal to the reference
+    layer followed by its tail."""
+    from polyexport.convert import followed_by, forms_of, layer_tails
+    from polyexport.layers.condconv import CondConv2d
+
+    model = randomize_(_TailedBlock(), seed=7).eval()
+    tail = layer_tails(model)["conv"]
+    x, r = torch.randn(2, 16, 5, 5), torch.rand(2, 4)
+    for form in forms_of(CondConv2d).values():
+        deployed = followed_by(form.build(model.conv), tail)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules()), form.name
+        with torch.no_grad():
+            assert max_rel_err(tail(model.conv(x, r)), deployed(x, r)) <= RTOL, form.name
+    assert isinstance(tail[0], nn.BatchNorm2d) and tail[0] is not model.bn  # a copy: the model is not changed
+
+
+def test_layer_tails_stop_where_the_converter_would_not_fold():
+    """A tail is a BN the converter folds and/or an activation, each the only user of what comes before it: not a
+    BN subclass with work in its forward, nor a BN someone hooks, nor a value used twice; an untraceable parent is
+    looked into module by module."""
+    from polyexport.convert import layer_tails
+    from polyexport.layers.mixconv import MixedConv2d
+
+    class ActBN(nn.BatchNorm2d):
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.Hardswish())
+
+        def forward(self, x):
+            return self.inner(x) if x.sum() > 0 else -self.inner(x)  # data-dependent: fx cannot trace it
+
+    hooked = nn.BatchNorm2d(8)
+    hooked.register_forward_hook(lambda *a: None)
+    model = nn.Sequential(
+        nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), ActBN(8)),
+        nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), hooked),
+        nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)),
+        Twice(), Untraceable(), nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.ReLU6()))
+    got = {k: [type(m).__name__ for m in v] for k, v in layer_tails(model).items()}
+    assert got == {"2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"]}
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
