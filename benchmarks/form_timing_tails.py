@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--control", action="store_true",
+                    help="also a second choice with forms timed alone: how far two choices of one setting differ")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
@@ -54,7 +56,8 @@ def main() -> None:
             x1 = torch.randn(1, *zoo.get(name).input_shape[1:])
             for rt in args.runtimes:
                 graphs, picks, seconds = {}, {}, {}
-                for tag, tails in (("alone", None), ("with tails", layer_tails(model))):
+                setups = [("alone", None), ("with tails", layer_tails(model))] + ([("alone again", None)] if args.control else [])
+                for tag, tails in setups:
                     timer = FormTimer(rt, RunnerOptions(threads=args.threads), capture_layer_inputs(model, (x1,)),
                                       cache_path=os.path.join(tmp, f"{name}-{rt}-{tag}.json"), dynamic_batch=True, tails=tails)
                     started = time.perf_counter()
@@ -68,7 +71,8 @@ def main() -> None:
                 for batch in args.batches:
                     row = {"model": name, "runtime": rt, "batch": batch, "layers": len(picks["alone"]), "changed": n_changed,
                            "changes": changed, "choice_s": seconds}
-                    if n_changed:
+                    timed = n_changed or args.control
+                    if timed:
                         x = torch.randn(batch, *x1.shape[1:])
                         fns = {}
                         for tag, deployed in graphs.items():
@@ -81,14 +85,20 @@ def main() -> None:
                         ratios = [a / b for a, b in zip(per["with tails"], per["alone"])]
                         row.update(ms={k: statistics.median(v) for k, v in per.items()}, ratio=statistics.median(ratios),
                                    range=[min(ratios), max(ratios)])
+                        if args.control:
+                            again = [a / b for a, b in zip(per["alone again"], per["alone"])]
+                            row.update(control=statistics.median(again), control_range=[min(again), max(again)])
                     rows.append(row)
                     body.append([name, rt, str(batch), f"{n_changed} of {len(picks['alone'])}",
-                                 f"{row['ms']['alone']:.2f}" if n_changed else "", f"{row['ms']['with tails']:.2f}" if n_changed else "",
-                                 f"{row['ratio']:.2f}× ({row['range'][0]:.2f}–{row['range'][1]:.2f})" if n_changed else "same graph",
-                                 f"{seconds['alone']:.1f} / {seconds['with tails']:.1f}", "; ".join(changed)])
+                                 f"{row['ms']['alone']:.2f}" if timed else "", f"{row['ms']['with tails']:.2f}" if timed else "",
+                                 f"{row['ratio']:.2f}× ({row['range'][0]:.2f}–{row['range'][1]:.2f})" if timed else "same graph",
+                                 f"{seconds['alone']:.1f} / {seconds['with tails']:.1f}", "; ".join(changed)]
+                                + ([f"{row['control']:.2f}× ({row['control_range'][0]:.2f}–{row['control_range'][1]:.2f})"
+                                    if "control" in row else "same graph"] if args.control else []))
                     print(body[-1], flush=True)
     md = md_table(["model", "runtime", "batch", "layers whose pick changed", "alone (ms)", "with tails (ms)",
-                   "with tails / alone (range)", "choice s, alone / with tails", "changes"], body)
+                   "with tails / alone (range)", "choice s, alone / with tails", "changes"]
+                  + (["control: a second choice alone / alone (range)"] if args.control else []), body)
     md += (f"\n\n{machine()}; threads={args.threads}; one dynamic-batch graph each, the pipeline's choice (per-layer timing, "
            f"then the whole-model check) from an empty cache, its forms timed alone and with what follows their layers; "
            f"medians of {args.repeats} interleaved repeats; {time.time() - t0:.0f} s")

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .autoform import WHOLE_MODEL_ALTERNATIVES, CheckedGraph, Deployment, FinalExport, FormTimer, capture_layer_inputs, choose_deployment
 from .bench import LatencyStats, measure
-from .convert import assignment
+from .convert import assignment, layer_tails
 from .errors import BadInput, ExportFailed
 from .explain import Localiser, explain_runtime_error, module_kinds
 from .exporter import ExportInfo, check_export_tools, export_onnx, finish_export, first_line, flatten_outputs, output_names
@@ -434,7 +434,8 @@ def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
     if not inputs:
         return None
     return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, cache_path=opts.form_cache,
-                     dynamic_batch=opts.dynamic_batch, alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final)
+                     dynamic_batch=opts.dynamic_batch, alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final,
+                     tails=layer_tails(model))
 
 
 # --- export ------------------------------------------------------------------------------------
