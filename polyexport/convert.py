@@ -412,7 +412,7 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
     activation, each the only user of what comes before it: a copy of those modules. A deploy form's speed depends on
     them (on OpenVINO a folded BN's shift and an activation after a MatMul's output cost more than after a conv), so the
     form timer times each form with its tail (autoform.FormTimer). Found by the converter's own symbolic trace; a
-    layer in a module that cannot be traced, or followed by anything else, has no entry."""
+    layer in a module that cannot be traced, called more than once, or followed by anything else, has no entry."""
     tails: dict[str, nn.Sequential] = {}
 
     def visit(module: nn.Module, prefix: str) -> None:
@@ -424,15 +424,19 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
             for child_name, child in module.named_children():
                 visit(child, f"{prefix}{child_name}.")
             return
+        calls: dict[str, int] = {}
         for node in graph.nodes:
-            if node.op != "call_module" or not is_known_layer(module.get_submodule(node.target)):
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        for node in graph.nodes:  # a module called twice (shared) has no one tail
+            if node.op != "call_module" or calls[node.target] != 1 or not is_known_layer(module.get_submodule(node.target)):
                 continue
-            parts, at = [], node
-            nxt = _only_user(at)
-            if nxt is not None and nxt.op == "call_module" and _takes_bn(bn := module.get_submodule(nxt.target)) \
+            parts = []
+            nxt = _only_user(node)
+            if nxt is not None and nxt.op == "call_module" and calls[nxt.target] == 1 and _takes_bn(bn := module.get_submodule(nxt.target)) \
                     and bn.track_running_stats and bn.running_mean is not None and not has_hooks(bn):
                 parts.append(copy.deepcopy(bn))
-                at, nxt = nxt, _only_user(nxt)
+                nxt = _only_user(nxt)
             act = _activation(module, nxt)
             if act is not None:
                 parts.append(act)
@@ -448,7 +452,7 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 
 def _activation(module: nn.Module, node: fx.Node | None) -> nn.Module | None:
-    """The activation `node` computes on its one input, as a fresh module; None for anything else."""
+    """The activation `node` computes on its one input, as a module of its own (a copy); None for anything else."""
     if node is None or len(node.args) != 1 or set(node.kwargs) - {"inplace"}:
         return None
     if node.op == "call_module":

@@ -333,8 +333,8 @@ def test_a_form_followed_by_its_tail_folds_the_bn_as_the_converter_does():
 
 def test_layer_tails_stop_where_the_converter_would_not_fold():
     """A tail is a BN the converter folds and/or an activation, each the only user of what comes before it: not a
-    BN subclass with work in its forward, nor a BN someone hooks, nor a value used twice; an untraceable parent is
-    looked into module by module."""
+    BN subclass with work in its forward, nor a BN someone hooks, nor a value used twice, nor after a layer called
+    twice; an untraceable parent is looked into module by module."""
     from polyexport.convert import layer_tails
     from polyexport.layers.mixconv import MixedConv2d
 
@@ -359,13 +359,21 @@ def test_layer_tails_stop_where_the_converter_would_not_fold():
         def forward(self, x):
             return self.inner(x) if x.sum() > 0 else -self.inner(x)  # data-dependent: fx cannot trace it
 
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.bn(self.conv(self.conv(x)))  # one layer, two calls: the first call's tail is the second call
+
     hooked = nn.BatchNorm2d(8)
     hooked.register_forward_hook(lambda *a: None)
     model = nn.Sequential(
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), ActBN(8)),
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), hooked),
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)),
-        Twice(), Untraceable(), nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.ReLU6()))
+        Twice(), Untraceable(), nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.ReLU6()), Shared())
     got = {k: [type(m).__name__ for m in v] for k, v in layer_tails(model).items()}
     assert got == {"2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"]}
 
