@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", dest="extra_runtimes", action="append", default=[], choices=RUNTIMES, metavar="NAME", help="also check and time this runtime (onnxruntime, openvino)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="measure latency (default on)")
     p.add_argument("--bench-torch", action="store_true", help="also time PyTorch eager, for comparison (slow on big models)")
-    p.add_argument("--iterations", type=_positive_int, default=20, help="minimum timed iterations per runtime (default 20, and at least 1 s)")
+    p.add_argument("--iterations", type=_positive_int, default=20, help="minimum timed iterations per runtime (default 20, and at least 0.5 s)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--simplifier", choices=["onnxsim", "onnxslim", "none"], default="onnxsim")
     p.add_argument("--explain", action="store_true", help="localise the first diverging layer even when parity holds (automatic on a parity failure)")
