@@ -7,7 +7,7 @@ usable exact forms are exported as single-layer graphs at the layer's real input
 forward pass of the model), followed by what follows the layer in the model (the BN the converter folds into it,
 the activation after: its tail, convert.layer_tails), framed by identity convs as a network frames them (`Framed`),
 timed in turns on the runtime, and the fastest chosen. Timings are
-cached in a JSON file keyed by (runtime, version, device, threads, precision, layer signature), so a
+cached in a JSON file keyed by (runtime, version, device, threads, precision, layer signature, tail), so a
 second export of the same model, or of another with the same layer shapes, is instant; within one run,
 layers with the same signature are timed once.
 
