@@ -400,11 +400,13 @@ def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module],
 
 
 #: activations a layer's tail may end in, as modules (an activation called as a function gets its module)
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Tanh)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.Mish,
+                nn.ELU)
 _ACTIVATION_FUNCTIONS = {torch.relu: nn.ReLU, torch.nn.functional.relu: nn.ReLU, torch.nn.functional.relu6: nn.ReLU6,
                          torch.nn.functional.silu: nn.SiLU, torch.nn.functional.hardswish: nn.Hardswish,
                          torch.nn.functional.hardsigmoid: nn.Hardsigmoid, torch.sigmoid: nn.Sigmoid,
-                         torch.nn.functional.gelu: nn.GELU, torch.tanh: nn.Tanh}
+                         torch.nn.functional.gelu: nn.GELU, torch.tanh: nn.Tanh, torch.nn.functional.mish: nn.Mish}
+_ACTIVATION_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid, "sigmoid_": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
@@ -460,6 +462,8 @@ def _activation(module: nn.Module, node: fx.Node | None) -> nn.Module | None:
         return copy.deepcopy(m) if type(m) in _ACTIVATIONS and not has_hooks(m) else None
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
         return _ACTIVATION_FUNCTIONS[node.target]()
+    if node.op == "call_method" and node.target in _ACTIVATION_METHODS:  # x.relu()
+        return _ACTIVATION_METHODS[node.target]()
     return None
 
 

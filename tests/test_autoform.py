@@ -367,15 +367,27 @@ def test_layer_tails_stop_where_the_converter_would_not_fold():
         def forward(self, x):
             return self.bn(self.conv(self.conv(x)))  # one layer, two calls: the first call's tail is the second call
 
+    class Method(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)).relu()
+
     hooked = nn.BatchNorm2d(8)
     hooked.register_forward_hook(lambda *a: None)
     model = nn.Sequential(
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), ActBN(8)),
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), hooked),
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)),
-        Twice(), Untraceable(), nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.ReLU6()), Shared())
-    got = {k: [type(m).__name__ for m in v] for k, v in layer_tails(model).items()}
-    assert got == {"2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"]}
+        Twice(), Untraceable(), nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.ReLU6()), Shared(), Method(),
+        nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.LeakyReLU(0.1)))
+    tails = layer_tails(model)
+    got = {k: [type(m).__name__ for m in v] for k, v in tails.items()}
+    assert got == {"2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"], "7.conv": ["BatchNorm2d", "ReLU"],
+                   "8.0": ["BatchNorm2d", "LeakyReLU"]}
+    assert tails["8.0"][1].negative_slope == 0.1  # a copy of the model's own
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
