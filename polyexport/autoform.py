@@ -225,13 +225,20 @@ class FormTimer:
         return ranked
 
     def _tail(self, name: str, ref: nn.Module, args: tuple[torch.Tensor, ...]) -> nn.Sequential | None:
-        """What follows this layer and is timed with it: its tail (convert.layer_tails) where it gives one image."""
+        """What follows this layer and is timed with it: its tail (convert.layer_tails) where the layer gives one image
+        and the tail runs on it (a user's BN subclass may not, alone: then the form is timed without it)."""
         tail = (self.tails or {}).get(name)
         if tail is None:
             return None
         with torch.no_grad():
             outs = flatten_outputs(ref(*_fresh(args)))
-        return tail if len(outs) == 1 and outs[0].dim() == 4 else None
+            if len(outs) != 1 or outs[0].dim() != 4:
+                return None
+            try:
+                tail(outs[0])
+            except Exception:  # noqa: BLE001 - timed as the layer alone
+                return None
+        return tail
 
     def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form], tail: nn.Sequential | None = None) -> dict[str, float]:
         """Each form's latency, framed (Framed), followed by `tail` as the converter deploys them (convert.followed_by);

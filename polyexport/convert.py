@@ -410,18 +410,21 @@ _ACTIVATION_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid,
 
 
 def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
-    """What follows each known layer in `model`, by layer name, where it is a BatchNorm2d the converter folds and/or an
-    activation, each the only user of what comes before it: a copy of those modules. A deploy form's speed depends on
+    """What follows each known layer in `model`, by layer name, where it is a BatchNorm2d (the converter folds it into
+    the layer) and/or an activation, or a BatchNorm2d subclass (timm's BatchNormAct2d: kept as it is), each the only
+    user of what comes before it: a copy of those modules. A deploy form's speed depends on
     them (on OpenVINO a folded BN's shift and an activation after a MatMul's output cost more than after a conv), so the
     form timer times each form with its tail (autoform.FormTimer). Found by the converter's own symbolic trace; a
     layer in a module that cannot be traced, called more than once, or followed by anything else, has no entry."""
     tails: dict[str, nn.Sequential] = {}
+    # asked before tracing: during a trace an adapter's test may meet proxies where it reads a foreign layer's sizes
+    known = {id(m) for m in model.modules() if is_known_layer(m)}
 
     def visit(module: nn.Module, prefix: str) -> None:
-        if not any(is_known_layer(m) for name, m in module.named_modules() if name):
+        if not any(id(m) in known for name, m in module.named_modules() if name):
             return
         try:
-            graph = _LeafTracer().trace(module)
+            graph = _TailTracer(known).trace(module)
         except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
             for child_name, child in module.named_children():
                 visit(child, f"{prefix}{child_name}.")
@@ -431,14 +434,16 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
         for node in graph.nodes:  # a module called twice (shared) has no one tail
-            if node.op != "call_module" or calls[node.target] != 1 or not is_known_layer(module.get_submodule(node.target)):
+            if node.op != "call_module" or calls[node.target] != 1 or id(module.get_submodule(node.target)) not in known:
                 continue
             parts = []
             nxt = _only_user(node)
-            if nxt is not None and nxt.op == "call_module" and calls[nxt.target] == 1 and _takes_bn(bn := module.get_submodule(nxt.target)) \
-                    and bn.track_running_stats and bn.running_mean is not None and not has_hooks(bn):
+            bn = module.get_submodule(nxt.target) if nxt is not None and nxt.op == "call_module" and calls[nxt.target] == 1 else None
+            if isinstance(bn, nn.BatchNorm2d) and not has_hooks(bn):
                 parts.append(copy.deepcopy(bn))
-                nxt = _only_user(nxt)
+                # exactly a BatchNorm2d (folded by the converter) may meet an activation next; a subclass (timm's
+                # BatchNormAct2d) stays a module of its own, its activation inside its forward
+                nxt = _only_user(nxt) if _takes_bn(bn) else None
             act = _activation(module, nxt)
             if act is not None:
                 parts.append(act)
@@ -447,6 +452,18 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
 
     visit(model, "")
     return tails
+
+
+class _TailTracer(_LeafTracer):
+    """The converter's tracer, with the known layers given (by id) and BatchNorm2d subclasses kept whole (traced into,
+    timm's BatchNormAct2d is a batch_norm call and its activation: no module to put in a tail)."""
+
+    def __init__(self, known: set[int]):
+        super().__init__()
+        self.known = known
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return id(m) in self.known or isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

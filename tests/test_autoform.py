@@ -13,6 +13,7 @@ from polyexport.cli import main
 from polyexport.convert import convert, plan
 from polyexport.layers.mixconv import MixedConv2d
 from polyexport.runtimes import RunnerOptions
+from polyexport.modules import set_eval
 from polyexport.testing import RTOL, assert_equivalent, max_rel_err, randomize_
 from polyexport.zoo import register
 
@@ -332,8 +333,8 @@ def test_a_form_followed_by_its_tail_folds_the_bn_as_the_converter_does():
 
 
 def test_layer_tails_stop_where_the_converter_would_not_fold():
-    """A tail is a BN the converter folds and/or an activation, each the only user of what comes before it: not a
-    BN subclass with work in its forward, nor a BN someone hooks, nor a value used twice, nor after a layer called
+    """A tail is a BN the converter folds and/or an activation, or a BN subclass with its activation inside (timm's
+    BatchNormAct2d, as it is), each the only user of what comes before it: not a BN someone hooks, nor a value used twice, nor after a layer called
     twice; an untraceable parent is looked into module by module."""
     from polyexport.convert import layer_tails
     from polyexport.layers.mixconv import MixedConv2d
@@ -385,9 +386,20 @@ def test_layer_tails_stop_where_the_converter_would_not_fold():
         nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8), nn.LeakyReLU(0.1)))
     tails = layer_tails(model)
     got = {k: [type(m).__name__ for m in v] for k, v in tails.items()}
-    assert got == {"2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"], "7.conv": ["BatchNorm2d", "ReLU"],
-                   "8.0": ["BatchNorm2d", "LeakyReLU"]}
+    assert got == {"0.0": ["ActBN"], "2.0": ["BatchNorm2d"], "4.inner.0": ["BatchNorm2d", "Hardswish"], "5.0": ["ReLU6"],
+                   "7.conv": ["BatchNorm2d", "ReLU"], "8.0": ["BatchNorm2d", "LeakyReLU"]}
     assert tails["8.0"][1].negative_slope == 0.1  # a copy of the model's own
+    from polyexport.convert import followed_by, forms_of
+
+    x = torch.randn(2, 8, 6, 6)
+    layer = set_eval(randomize_(model, seed=3))[0][0]
+    tails = layer_tails(model)
+    for form in forms_of(MixedConv2d).values():
+        if form.exact_for(layer) is None:  # the subclass is not folded: it stays, activation and all
+            deployed = followed_by(form.build(layer), tails["0.0"])
+            assert sum(isinstance(m, ActBN) for m in deployed.modules()) == 1, form.name
+            with torch.no_grad():
+                assert max_rel_err(model[0](x), deployed(x)) <= RTOL, form.name
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -431,3 +443,46 @@ def test_form_cache_option_names_the_file_and_refuses_a_folder(tmp_path, monkeyp
     with pytest.raises(SystemExit) as e:
         main([*common[:-1], str(tmp_path), "--out", str(tmp_path / "third")])
     assert e.value.code == 2 and "a folder" in capsys.readouterr().err and not (tmp_path / "third").exists()
+
+
+def test_a_tail_that_does_not_run_alone_is_left_out(tmp_path):
+    """A user's BN subclass that cannot run on the layer's output alone: the form is timed without it, not failed."""
+    from polyexport.convert import layer_tails
+    from polyexport.layers.mixconv import MixedConv2d
+
+    class NeedsMore(nn.BatchNorm2d):
+        def forward(self, x, scale=None):
+            if self.armed and scale is None:
+                raise RuntimeError("needs a scale")
+            return super().forward(x)
+
+    model = nn.Sequential(MixedConv2d(8, 8, [3, 5], depthwise=True), NeedsMore(8)).eval()
+    model[1].armed = False
+    tails = layer_tails(model)
+    assert [type(m).__name__ for m in tails["0"]] == ["NeedsMore"]
+    tails["0"][0].armed = True
+    inputs = capture_layer_inputs(model, (torch.randn(1, 8, 9, 9),))
+    timer = FormTimer("onnxruntime", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "c.json"), repeats=1, tails=tails)
+    convert(model, "onnxruntime", ranker=timer)
+    assert all(v is not None for v in timer.choices[0]["timings_ms"].values())
+    assert not any("|then " in k for k in json.load(open(tmp_path / "c.json")))
+
+
+def test_timms_condconv_block_is_timed_with_its_batchnormact(tmp_path):
+    """timm's CondConv block (tests/foreign: its own CondConv2d, BatchNormAct2d holding the activation): each foreign
+    layer's tail is the BatchNormAct2d after it, kept whole, and the forms are timed and judged with it."""
+    from polyexport.convert import layer_tails
+    from tests.foreign.condconv import CondConvResidual
+
+    model = randomize_(CondConvResidual(16, 16, exp_ratio=2.0, num_experts=4, act_layer=nn.SiLU), seed=2).eval()
+    tails = layer_tails(model)
+    assert {k: [type(m).__name__ for m in v] for k, v in tails.items()} == {
+        name: ["BatchNormAct2d"] for name in ("conv_pw", "conv_dw", "conv_pwl")}
+    x = torch.randn(2, 16, 9, 9)
+    timer = FormTimer("onnxruntime", RunnerOptions(threads=1), capture_layer_inputs(model, (x,)), cache_path=str(tmp_path / "c.json"),
+                      repeats=1, tails=tails)
+    deployed, _ = convert(model, "onnxruntime", ranker=timer)
+    assert [c["name"] for c in timer.choices] == ["conv_pw", "conv_dw", "conv_pwl"]
+    assert all(v is not None for c in timer.choices for v in c["timings_ms"].values())  # every form matched through its tail
+    assert sum("|then BatchNormAct2d" in k for k in json.load(open(tmp_path / "c.json"))) == 3
+    assert_equivalent(model, deployed, x)
