@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -344,19 +344,35 @@ def _next_conv_pair(producer: nn.Module, consumer: nn.Module) -> bool:
     return hasattr(producer, "fuse_next_conv") and plain and not (has_hooks(producer) or has_hooks(consumer))
 
 
-def _pairs(module: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]) -> list[tuple[str, str]] | None:
-    """(producer, consumer) submodule names accepted by `accept`, where the consumer alone uses the producer.
+def _traced(model: nn.Module, relevant: Callable[[nn.Module], bool],
+            tracer: Callable[[], fx.Tracer]) -> Iterator[tuple[str, nn.Module, fx.Graph, dict[str, int]]]:
+    """(prefix, module, its graph, calls per submodule) for the model traced whole, or where a module cannot be traced
+    symbolically (data-dependent control flow), for its children one by one. A module with nothing `relevant` below
+    it is not traced (a symbolic trace costs milliseconds, and a model that cannot be traced whole is visited module by
+    module: 976 traces, 2.5 s of every conversion of OctResNet-50, most of them of single convs). A caller may change
+    a yielded module before the next one: what was traced is not visited again."""
 
-    None if the module cannot be traced symbolically (then its children are tried one by one).
-    """
-    try:
-        graph = _LeafTracer().trace(module)
-    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
-        return None
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    def visit(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module, fx.Graph, dict[str, int]]]:
+        if not any(relevant(m) for name, m in module.named_modules() if name):
+            return
+        try:
+            graph = tracer().trace(module)
+        except Exception:  # noqa: BLE001 - look one level down
+            for child_name, child in module.named_children():
+                yield from visit(child, f"{prefix}{child_name}.")
+            return
+        calls: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        yield prefix, module, graph, calls
+
+    yield from visit(model, "")
+
+
+def _pairs(module: nn.Module, graph: fx.Graph, calls: dict[str, int],
+           accept: Callable[[nn.Module, nn.Module], bool]) -> list[tuple[str, str]]:
+    """(producer, consumer) submodule names accepted by `accept`, where the consumer alone uses the producer."""
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1 or len(node.users) != 1:
@@ -371,22 +387,11 @@ def _pairs(module: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]) ->
 
 def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module], nn.Module], record,
                 consumer: Callable[[nn.Module], bool]) -> list[LayerRecord]:
-    """Replace each accepted (producer, consumer) pair by fuse(producer, consumer) and an Identity.
-
-    `consumer` says which modules can end a pair: a module without one below it is not traced (a symbolic
-    trace costs milliseconds, and a model that cannot be traced whole is visited module by module: 976
-    traces, 2.5 s of every conversion of OctResNet-50, most of them of single convs)."""
+    """Replace each accepted (producer, consumer) pair by fuse(producer, consumer) and an Identity. `consumer` says
+    which modules can end a pair: only what holds one is traced (_traced)."""
     records: list[LayerRecord] = []
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if not any(consumer(m) for name, m in module.named_modules() if name):
-            return  # no pair can end below this module: nothing to fold, nothing to trace
-        pairs = _pairs(module, accept)
-        if pairs is None:
-            for child_name, child in module.named_children():
-                visit(child, f"{prefix}{child_name}.")
-            return
-        for a_name, b_name in pairs:
+    for prefix, module, graph, calls in _traced(model, consumer, _LeafTracer):
+        for a_name, b_name in _pairs(module, graph, calls, accept):
             a, b = module.get_submodule(a_name), module.get_submodule(b_name)
             fused = fuse(a, b)
             if fused is None:  # the producer declined (a configuration it cannot fold exactly)
@@ -394,8 +399,6 @@ def _fold_pairs(model: nn.Module, accept, fuse: Callable[[nn.Module, nn.Module],
             replace_module(module, a_name, fused)
             replace_module(module, b_name, nn.Identity())
             records.append(record(prefix + a_name, prefix + b_name, b))
-
-    visit(model, "")
     return records
 
 
@@ -419,20 +422,7 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
     tails: dict[str, nn.Sequential] = {}
     # asked before tracing: during a trace an adapter's test may meet proxies where it reads a foreign layer's sizes
     known = {id(m) for m in model.modules() if is_known_layer(m)}
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if not any(id(m) in known for name, m in module.named_modules() if name):
-            return
-        try:
-            graph = _TailTracer(known).trace(module)
-        except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
-            for child_name, child in module.named_children():
-                visit(child, f"{prefix}{child_name}.")
-            return
-        calls: dict[str, int] = {}
-        for node in graph.nodes:
-            if node.op == "call_module":
-                calls[node.target] = calls.get(node.target, 0) + 1
+    for prefix, module, graph, calls in _traced(model, lambda m: id(m) in known, lambda: _TailTracer(known)):
         for node in graph.nodes:  # a module called twice (shared) has no one tail
             if node.op != "call_module" or calls[node.target] != 1 or id(module.get_submodule(node.target)) not in known:
                 continue
@@ -449,8 +439,6 @@ def layer_tails(model: nn.Module) -> dict[str, nn.Sequential]:
                 parts.append(act)
             if parts:
                 tails[prefix + node.target] = nn.Sequential(*parts).eval()
-
-    visit(model, "")
     return tails
 
 
