@@ -203,7 +203,7 @@ class FormTimer:
         args = self.inputs.get(name)
         if args is None:  # not reached in the sample forward: keep the measured preference order
             return forms
-        tail = self._tail(name, ref, args)
+        tail, outs = self._tail(name, ref, args)
         key = f"{self.context}|{signature(ref, args)}" + (f"|then {_describe(tail)}" if tail is not None else "")
         timings: dict[str, float] = dict(self.cache.get(key, {}))
         missing = [f for f in forms if f.name not in timings]
@@ -212,7 +212,7 @@ class FormTimer:
         if missing:
             self.tell(f"layer {self._asked} of {len(self.inputs)}, {name} ({type(ref).__name__}): timing {', '.join(f.name for f in missing)}")
             t0 = time.perf_counter()
-            timings.update(self._time(ref, args, missing, tail))
+            timings.update(self._time(ref, args, missing, tail, outs))
             self.cache[key] = timings
             self._save()
             spent = time.perf_counter() - t0
@@ -224,30 +224,32 @@ class FormTimer:
                              "cached": cached, "seconds": round(spent, 2)})
         return ranked
 
-    def _tail(self, name: str, ref: nn.Module, args: tuple[torch.Tensor, ...]) -> nn.Sequential | None:
+    def _tail(self, name: str, ref: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[nn.Sequential | None, tuple[torch.Tensor, ...] | None]:
         """What follows this layer and is timed with it: its tail (convert.layer_tails) where the layer gives one image
-        and the tail runs on it (a user's BN subclass may not, alone: then the form is timed without it)."""
+        and the tail runs on it (a user's BN subclass may not, alone: then the form is timed without it); with what
+        the forms must then give (the layer's outputs, through the tail where there is one; None where no tail was
+        asked for and the layer did not run)."""
         tail = (self.tails or {}).get(name)
         if tail is None:
-            return None
+            return None, None
         with torch.no_grad():
             outs = flatten_outputs(ref(*_fresh(args)))
             if len(outs) != 1 or outs[0].dim() != 4:
-                return None
+                return None, outs
             try:
-                tail(outs[0])
+                return tail, (tail(outs[0]),)
             except Exception:  # noqa: BLE001 - timed as the layer alone
-                return None
-        return tail
+                return None, outs
 
-    def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form], tail: nn.Sequential | None = None) -> dict[str, float]:
+    def _time(self, ref: nn.Module, args: tuple[torch.Tensor, ...], forms: list[Form], tail: nn.Sequential | None = None,
+              outs: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
         """Each form's latency, framed (Framed), followed by `tail` as the converter deploys them (convert.followed_by);
-        inf for a form that fails to export, to run, or to match the reference layer (and its tail) on this runtime at
-        this input (so a form that is wrong here is never chosen)."""
+        inf for a form that fails to export, to run, or to match `outs` (the reference layer's outputs, through its
+        tail: _tail; computed here where not given) on this runtime at this input (so a form that is wrong here is
+        never chosen)."""
         with torch.no_grad():
-            outs = flatten_outputs(ref(*_fresh(args)))
-            if tail is not None:
-                outs = (tail(outs[0]),)
+            if outs is None:
+                outs = flatten_outputs(ref(*_fresh(args)))
             frame = Framed.channels(args), Framed.channels(outs)
             want = [t.numpy() for t in outs]
 

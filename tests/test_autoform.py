@@ -118,7 +118,7 @@ def test_whole_model_candidates_are_the_plausible_fixed_forms(tmp_path, monkeypa
     x = torch.randn(1, 16, 12, 12)
     ranker = form_timer(model, [x.numpy()], ExportOptions(target="onnxruntime", threads=1, form_choice="auto"))
     if fixed_ms is not None:
-        monkeypatch.setattr(ranker, "_time", lambda ref, args, forms, tail=None: {f.name: fixed_ms[f.name] for f in forms})
+        monkeypatch.setattr(ranker, "_time", lambda ref, args, forms, tail=None, outs=None: {f.name: fixed_ms[f.name] for f in forms})
     _, records = convert(model, "onnxruntime", ranker=ranker)
     alternatives = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, ranker)
     timed = [assignment(records)] + [assignment(c.records) for c in alternatives.values()]
