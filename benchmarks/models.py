@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import sys
@@ -43,12 +42,12 @@ from common import flops, machine, md_table, n_outputs, replace_rows, runtimes_h
 from floors import KernelBankFloor, attention_floor_model, kernel_banks  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
 from polyexport.bench import interleaved  # noqa: E402
 from polyexport.exporter import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
 from polyexport.parity import compare  # noqa: E402
-from polyexport.pipeline import versions  # noqa: E402
+from polyexport.pipeline import ExportOptions, versions  # noqa: E402
+from polyexport.pipeline import deploy_for as pipeline_deploy_for  # noqa: E402
 from polyexport.runtimes import RunnerOptions, make_runner  # noqa: E402
 
 
@@ -75,11 +74,10 @@ def static_fallback(model, x, path, errors: dict | None = None) -> str | None:
 
 def deploy_for(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, cache: str,
                dynamic_batch: bool = True) -> tuple[torch.nn.Module, list]:
-    """What `polyexport MODEL --target RT [--dynamic-batch]` deploys: the pipeline's own choice (autoform.choose_deployment:
-    each layer's exact forms timed on RT, then checked as whole graphs), and the layer records."""
-    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache,
-                      dynamic_batch=dynamic_batch)
-    deployment = choose_deployment(model, (x,), rt, {}, dynamic_batch, False, timer, lambda _label: contextlib.nullcontext())
+    """What `polyexport MODEL --target RT [--dynamic-batch]` deploys: the pipeline's own choice (pipeline.deploy_for:
+    each layer's exact forms timed on RT with what follows them, then checked as whole graphs), and the layer records."""
+    opts = ExportOptions(target=rt, threads=threads, dynamic_batch=dynamic_batch, form_choice="auto", form_cache=cache)
+    deployment = pipeline_deploy_for(model, [x.numpy()], opts)
     return deployment.model, deployment.records
 
 

@@ -243,13 +243,12 @@ def _zoo_module(name: str, variant: str, target: str, dynamic_batch: bool, forms
     model = zoo.instantiate(name, seed=0)
     if variant == "as-is":
         return model
-    ranker = forced_ranker(forms) if forms else None
-    if timed:
-        from polyexport.autoform import FormTimer, capture_layer_inputs
-        from polyexport.runtimes import RunnerOptions
+    if timed:  # the pipeline's own choice (with what follows each layer, and the whole-model check)
+        from polyexport.pipeline import ExportOptions, deploy_for
 
-        ranker = FormTimer(target, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache,
-                           dynamic_batch=dynamic_batch)
+        opts = ExportOptions(target=target, threads=threads, dynamic_batch=dynamic_batch, form_choice="auto", form_cache=cache)
+        return deploy_for(model, [x.numpy()], opts).model
+    ranker = forced_ranker(forms) if forms else None
     return convert(model, target=target, dynamic_batch=dynamic_batch, ranker=ranker)[0]
 
 
