@@ -174,8 +174,8 @@ class _BankForm(nn.Module):
     `blocked=True` (the forms whose output leaves a MatMul or an If): the constant shift is added by a
     depthwise 1×1 Conv with unit weights at the end instead of an Add, so the output leaves a Conv. OpenVINO
     then keeps its blocked layout and fuses the next activation into it; after a MatMul's planar output with
-    a dynamic batch it ran a following Swish or Sigmoid several times slower than the layer itself
-    (benchmarks/results/dynamic_kernels.md). Exact: 1·y + shift is y + shift.
+    a dynamic batch it ran a following shift and SiLU 2-4× slower than this ending does
+    (benchmarks/results/dynamic_eltwise.md). Exact: 1·y + shift is y + shift.
     """
 
     def __init__(self, bank: KernelBank, blocked: bool = False):
@@ -409,8 +409,9 @@ def conv_kind(ref: nn.Module | None) -> str:
     return "pointwise" if k == (1, 1) else "dense"
 
 
-#: measured orders of the dynamic-batch forms (benchmarks/results/dynamic_kernels.md: whole models and the
-#: models' own layer shapes, batch 1 and 8, 1 thread): per runtime and kind of conv
+#: measured orders of the dynamic-batch forms (whole models and the models' own layer shapes, batch 1 and 8, 1 thread, in
+#: an early session whose table is not kept): per runtime and kind of conv. They rank the forms where nothing is timed
+#: (`--form preferred`, TensorRT) and break ties; benchmarks/results/forms.md times this order beside the automatic choice
 _DYNAMIC_ORDER = {
     ("onnxruntime", "depthwise"): ["expert_convs", "sample_conv", "bank_batched"],
     ("onnxruntime", "pointwise"): ["bank_batched", "sample_conv", "expert_convs"],

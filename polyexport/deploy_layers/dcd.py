@@ -179,7 +179,9 @@ for _t in DCD_TYPES:
                Form("aggregated", DCDAggregated, dynamic_batch=True, constant_weights=True,
                     exact_for=aggregated_exact_for,
                     note="per-sample 1×1 kernel Λ⊙W0 + PΦ'Q' from one Gemm, applied by one batched MatMul; no Conv")],
-        # measured (benchmarks/results/dynamic_kernels.md, dcd_mobilenetv2 whole, 1 thread): ONNX Runtime aggregated
-        # (no per-pixel channel scaling, which its blocked layout cannot fuse), OpenVINO decomposed
+        # measured on dcd_mobilenetv2 whole (1 thread, an early session whose table is not kept): ONNX Runtime aggregated
+        # (no per-pixel channel scaling, which its blocked layout cannot fuse), OpenVINO decomposed. The newest fixed-form
+        # columns of benchmarks/results/forms.md (2 threads): aggregated 0.73x decomposed on ONNX Runtime, 0.93x on
+        # OpenVINO (within that run's noise); the automatic choice times both
         prefer={"*": ["aggregated", "decomposed"], "openvino": ["decomposed", "aggregated"]},
     )
