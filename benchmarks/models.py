@@ -43,7 +43,7 @@ from floors import KernelBankFloor, attention_floor_model, kernel_banks  # noqa:
 
 from polyexport import zoo  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
-from polyexport.bench import interleaved  # noqa: E402
+from polyexport.bench import interleaved_medians, stats_from  # noqa: E402
 from polyexport.exporter import export_onnx, first_line, flatten_outputs  # noqa: E402  (first_line: one-line reason)
 from polyexport.parity import compare  # noqa: E402
 from polyexport.pipeline import ExportOptions, versions  # noqa: E402
@@ -184,11 +184,13 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
             except Exception as e:  # noqa: BLE001
                 info.setdefault(f"{tag}-{rt}", {})["error"] = first_line(e)[:160]
         with torch.inference_mode():
-            stats = interleaved(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=args.iters, min_time_s=args.min_time)
+            per_repeat = interleaved_medians(fns, repeats=args.repeats, warmup=2, warmup_s=0.1, min_iters=args.iters,
+                                             min_time_s=args.min_time)
+        stats = {k: stats_from(v) for k, v in per_repeat.items()}
         row = {"model": name, "baseline": entry.baseline, "batch": b, "input": [b, *shape[1:]],
                "flops_ratio": fl["model"] / fl["baseline"], "gmacs": fl["model"] / 2e9, "baseline_gmacs": fl["baseline"] / 2e9,
                "ms": {k: s.p50 for k, s in stats.items()}, "cov": {k: s.cov for k, s in stats.items()},
-               "parity_max_rel_err": parity, "forms": forms,
+               "repeats_ms": per_repeat, "parity_max_rel_err": parity, "forms": forms,
                "export": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in info.items()}}
         if banks:
             row["bank_floats"] = sum(bank.numel() for bank in banks)
@@ -231,6 +233,15 @@ def _ratio(ms: dict, a: str, b: str) -> float | None:
     return ms[a] / ms[b] if ms.get(a) and ms.get(b) else None
 
 
+def _paired(row: dict, a: str, b: str) -> tuple[float, float, float] | None:
+    """a / b per repeat (repeat i of each ran in the same round): (median, min, max); None without per-repeat times."""
+    per = row.get("repeats_ms", {})
+    if not per.get(a) or not per.get(b):
+        return None
+    ratios = sorted(x / y for x, y in zip(per[a], per[b]))
+    return float(np.median(ratios)), ratios[0], ratios[-1]
+
+
 def _fmt_ratio(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
@@ -249,17 +260,25 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
             continue
         ms, bound = r["ms"], BOUNDS[r["model"]]
 
-        def cell(v: float | None) -> str:
-            return "—" if v is None else (f"**{v:.2f}×**" if v > bound else f"{v:.2f}×")
+        def cell(v: float | None, a: str | None = None, b: str | None = None) -> str:
+            """v against the bound; with a and b timed per repeat, the median of the paired ratios and their range."""
+            paired = _paired(r, a, b) if a else None
+            if paired is not None:
+                v = paired[0]
+            if v is None:
+                return "—"
+            text = f"**{v:.2f}×**" if v > bound else f"{v:.2f}×"
+            return text if paired is None else f"{text} ({paired[1]:.2f}–{paired[2]:.2f})"
 
         for rt in rts:
             floor = ((ms[f"baseline/{rt}"] + ms[f"floor-aggregation/{rt}"]) / ms[f"baseline/{rt}"]
                      if ms.get(f"floor-aggregation/{rt}") and ms.get(f"baseline/{rt}") else None)
             asis = _ratio(ms, f"deploy/{rt}", f"as-is/{rt}")
             per_batch = _ratio(ms, "deploy/openvino-per-batch", "baseline/openvino") if rt == "openvino" else None
-            body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×", cell(_ratio(ms, f"deploy/{rt}", f"baseline/{rt}")),
+            body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×",
+                         cell(_ratio(ms, f"deploy/{rt}", f"baseline/{rt}"), f"deploy/{rt}", f"baseline/{rt}"),
                          cell(_ratio(ms, f"deploy-preferred/{rt}", f"baseline/{rt}")),
-                         cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}")),
+                         cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}"), f"deploy-static/{rt}", f"baseline-static/{rt}"),
                          "—" if floor is None else f"{floor:.2f}×", _fmt_ratio(_ratio(ms, f"floor-attention/{rt}", f"baseline/{rt}")),
                          "—" if asis is None else f"{asis:.2f}×",
                          cell(per_batch), str(r.get("threads", ""))])
@@ -349,7 +368,8 @@ def main() -> None:
     issue15 = dynamic_kernels_markdown(rows, rts)
     if issue15.count("\n") > 1:
         md += ("\n\n#### Input-dependent kernels (issue 15): deploy / baseline against the bound (**bold**: above it), "
-               "dynamic-batch and static graphs\n\n" + issue15)
+               "dynamic-batch and static graphs; where each repeat's times were kept, the deploy / baseline cells are the median "
+               "of the per-repeat ratios (repeat i of both ran in the same round), their range in brackets\n\n" + issue15)
     print()
     print(md)
     elapsed = "" if args.from_json else f"; {time.time() - t0:.0f} s"  # re-rendering measures nothing
