@@ -31,7 +31,7 @@ from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
-from polyexport.convert import convert  # noqa: E402
+from polyexport.convert import convert, layer_tails  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
 
@@ -49,7 +49,7 @@ TRIALS = 2
 def choose(model: torch.nn.Module, x: torch.Tensor, rt: str, threads: int, tmp: str, tag: str, **race) -> tuple[dict, float]:
     """The per-layer choice from an empty cache: ({layer: (chosen form, {form: ms})}, seconds of form timing)."""
     timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=os.path.join(tmp, f"{tag}.json"),
-                      **race)
+                      tails=layer_tails(model), **race)
     t0 = time.perf_counter()
     convert(model, rt, {}, False, False, ranker=timer)
     seconds = time.perf_counter() - t0

@@ -30,7 +30,7 @@ from common import load_runner, machine, md_table, runtimes_here, write_outputs 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
 from polyexport.bench import interleaved_medians  # noqa: E402
-from polyexport.convert import assignment, convert  # noqa: E402
+from polyexport.convert import assignment, convert, layer_tails  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
 
@@ -54,7 +54,8 @@ def measure(name: str, rt: str, threads: int, repeats: int, tmp: str) -> dict | 
     model = zoo.instantiate(name, seed=0).eval()
     x = torch.randn(*entry.input_shape)
     cache = os.path.join(tmp, f"{name}-{rt}-forms.json")  # empty: a first run
-    timer = _ClockedTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache)
+    tails = layer_tails(model)  # what follows each layer, timed with its forms, as the pipeline does
+    timer = _ClockedTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)), cache_path=cache, tails=tails)
     if not timer.inputs:
         return None
     t0 = time.perf_counter()
@@ -72,7 +73,7 @@ def measure(name: str, rt: str, threads: int, repeats: int, tmp: str) -> dict | 
     per_layer = timings.get("per-layer")
     row["check_ratio"] = (timings[whole["chosen"]] / per_layer) if per_layer and timings.get(whole["chosen"]) else None
     if whole["chosen"] != "per-layer":  # did the change hold up? the per-layer choice rebuilt from the (now warm) cache
-        again = FormTimer(rt, RunnerOptions(threads=threads), timer.inputs, cache_path=cache)
+        again = FormTimer(rt, RunnerOptions(threads=threads), timer.inputs, cache_path=cache, tails=tails)
         per_layer_model, records = convert(model, rt, {}, False, False, ranker=again)
         assert assignment(records) != assignment(deployment.records), "the per-layer choice rebuilt as the check's pick"
         fns = {}
