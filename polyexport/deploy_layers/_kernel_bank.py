@@ -174,7 +174,7 @@ class _BankForm(nn.Module):
     `blocked=True` (the forms whose output leaves a MatMul or an If): the constant shift is added by a
     depthwise 1×1 Conv with unit weights at the end instead of an Add, so the output leaves a Conv. OpenVINO
     then keeps its blocked layout and fuses the next activation into it; after a MatMul's planar output with
-    a dynamic batch it ran a following shift and SiLU 2-4× slower than this ending does
+    a dynamic batch it ran a following shift and SiLU 1.8-4.2× slower than this ending does
     (benchmarks/results/dynamic_eltwise.md). Exact: 1·y + shift is y + shift.
     """
 
