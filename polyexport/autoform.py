@@ -39,6 +39,7 @@ from .errors import BadInput
 from .convert import Form, LayerRecord, assignment, convert, followed_by, is_known_layer, plan, registered_layers
 from .exporter import ExportInfo, export_onnx, flatten_outputs
 from .exporter.fp16 import graph_for
+from .form_prior import skip_forms
 from .modules import set_eval
 from .parity import Tolerance, judge
 from .runs import run_graph
@@ -124,8 +125,11 @@ class FormTimer:
                  cache_path: str | None = None, repeats: int = 3, min_time_s: float = 0.03, warmup_s: float = 0.02,
                  dynamic_batch: bool = False,
                  alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None,
-                 tails: dict[str, nn.Sequential] | None = None):
+                 tails: dict[str, nn.Sequential] | None = None, prior: dict[str, list[str]] | None = None):
         self.runtime, self.options, self.inputs = runtime, options, inputs
+        #: layer type -> forms not timed (form_prior.py: measured far behind on every shape); None: the measured prior,
+        #: {}: every form timed (`--form thorough`)
+        self.prior: dict[str, list[str]] = skip_forms(runtime, options.device) if prior is None else prior
         self.final = final  # where and how whole-model candidates are exported (None: a temporary folder, generic names)
         self.exported: dict[str, CheckedGraph] = {}  # the last whole-model check's exports, by candidate
         self.dynamic_batch = dynamic_batch  # time each form as the final graph will run it: runtimes compile dynamic shapes differently
@@ -206,22 +210,29 @@ class FormTimer:
         tail, outs = self._tail(name, ref, args)
         key = f"{self.context}|{signature(ref, args)}" + (f"|then {_describe(tail)}" if tail is not None else "")
         timings: dict[str, float] = dict(self.cache.get(key, {}))
-        missing = [f for f in forms if f.name not in timings]
+        skip = set(self.prior.get(type(ref).__name__, ()))
+        if all(f.name in skip for f in forms):
+            skip = set()  # the prior only narrows a choice, never empties it
+        missing = [f for f in forms if f.name not in timings and f.name not in skip]
+        if not missing and not any(_usable(timings.get(f.name)) for f in forms):  # what was timed all fails here
+            missing = [f for f in forms if f.name not in timings]
         cached = not missing
         self._asked += 1
-        if missing:
+        t0 = time.perf_counter()
+        while missing:
             self.tell(f"layer {self._asked} of {len(self.inputs)}, {name} ({type(ref).__name__}): timing {', '.join(f.name for f in missing)}")
-            t0 = time.perf_counter()
             timings.update(self._time(ref, args, missing, tail, outs))
             self.cache[key] = timings
             self._save()
-            spent = time.perf_counter() - t0
-        else:
-            spent = 0.0
+            # every form the prior left fails here: the prior's forms are timed after all
+            missing = [] if any(_usable(timings.get(f.name)) for f in forms) else [f for f in forms if f.name not in timings]
+        spent = time.perf_counter() - t0 if not cached else 0.0
         ranked = sorted(forms, key=lambda f: timings.get(f.name, float("inf")))
+        skipped = [f.name for f in forms if f.name not in timings]  # the prior's: never timed, so never chosen
         self.choices.append({"name": name, "type": type(ref).__name__, "runtime": self.runtime, "input": [list(a.shape) for a in args],
-                             "timings_ms": {f.name: _finite(timings.get(f.name)) for f in forms}, "chosen": ranked[0].name,
-                             "cached": cached, "seconds": round(spent, 2)})
+                             "timings_ms": {f.name: _finite(timings.get(f.name)) for f in forms if f.name not in skipped},
+                             "chosen": ranked[0].name, "cached": cached, "seconds": round(spent, 2),
+                             **({"not_timed": skipped} if skipped else {})})
         return ranked
 
     def _tail(self, name: str, ref: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[nn.Sequential | None, tuple[torch.Tensor, ...] | None]:
@@ -397,6 +408,11 @@ def _valid_entry(value: object) -> bool:
     """A cache entry: form (or candidate) name -> latency in ms, or null for one that failed."""
     return isinstance(value, dict) and all(
         isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)) for k, v in value.items())
+
+
+def _usable(ms: float | None) -> bool:
+    """A form timed and working here (not failed: None or inf; not left untimed: None)."""
+    return ms is not None and ms != float("inf")
 
 
 def _finite(ms: float | None) -> float | None:

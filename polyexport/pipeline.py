@@ -437,7 +437,7 @@ def form_timer(model: nn.Module, arrays: list[np.ndarray], opts: ExportOptions, 
         return None
     return FormTimer(opts.target, RunnerOptions(opts.threads, opts.device, fp16=opts.fp16), inputs, cache_path=opts.form_cache,
                      dynamic_batch=opts.dynamic_batch, alternatives=None if choice == "thorough" else WHOLE_MODEL_ALTERNATIVES, final=final,
-                     tails=layer_tails(model))
+                     tails=layer_tails(model), prior={} if choice == "thorough" else None)
 
 
 # --- export ------------------------------------------------------------------------------------
