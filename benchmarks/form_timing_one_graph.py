@@ -82,7 +82,8 @@ def layer_forms(model: nn.Module, args: tuple[torch.Tensor, ...], target: str) -
 
 def per_session(model: nn.Module, args: tuple[torch.Tensor, ...], target: str, threads: int, cache: str) -> tuple[dict, float]:
     """The pipeline's own per-layer timing (fresh cache): signature -> {form: ms}, and the seconds it took."""
-    timer = FormTimer(target, RunnerOptions(threads=threads), capture_layer_inputs(model, args), cache_path=cache)
+    timer = FormTimer(target, RunnerOptions(threads=threads), capture_layer_inputs(model, args), cache_path=cache,
+                      prior={})  # every form, as the one graph holds every form
     t0 = time.perf_counter()
     plan(model, target, {}, False, False, timer)
     spent = time.perf_counter() - t0

@@ -29,7 +29,8 @@ MODELS = ["ps_resnet50", "mixnet_s", "oct_resnet50", "het_resnet50", "cc_efficie
 
 def choices(model, x, runtime: str, simplifier: str, threads: int) -> dict[str, tuple[str, dict]]:
     with tempfile.TemporaryDirectory() as tmp:
-        timer = FormTimer(runtime, RunnerOptions(threads), capture_layer_inputs(model, (x,)), cache_path=os.path.join(tmp, "c.json"))
+        timer = FormTimer(runtime, RunnerOptions(threads), capture_layer_inputs(model, (x,)), cache_path=os.path.join(tmp, "c.json"),
+                          prior={})  # every form: the study compares choices among all of them
         timer.layer_simplifier = simplifier
         convert(model, runtime, ranker=timer)
     return {c["name"]: (c["chosen"], c["timings_ms"]) for c in timer.choices if not c["cached"]}

@@ -59,7 +59,8 @@ def main() -> None:
                 setups = [("alone", None), ("with tails", layer_tails(model))] + ([("alone again", None)] if args.control else [])
                 for tag, tails in setups:
                     timer = FormTimer(rt, RunnerOptions(threads=args.threads), capture_layer_inputs(model, (x1,)),
-                                      cache_path=os.path.join(tmp, f"{name}-{rt}-{tag}.json"), dynamic_batch=True, tails=tails)
+                                      cache_path=os.path.join(tmp, f"{name}-{rt}-{tag}.json"), dynamic_batch=True, tails=tails,
+                                      prior={})  # every form: the study compares choices among all of them
                     started = time.perf_counter()
                     deployment = choose_deployment(model, (x1,), rt, {}, True, False, timer, lambda _l: contextlib.nullcontext())
                     seconds[tag] = time.perf_counter() - started

@@ -137,6 +137,7 @@ def _choices(r: dict) -> list[str]:
     lines = ["## Form choices (timed on the target runtime)", "", "| module | type | input | form latency (ms) | chosen | cached |", "|---|---|---|---|---|---|"]
     for c in r["form_choices"]:
         times = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} rejected (fails or differs here)" for k, v in c["timings_ms"].items())
+        times += "".join(f", {k} not timed (measured far behind everywhere: form_prior.json)" for k in c.get("not_timed", ()))
         lines.append(f"| `{c['name']}` | {c['type']} | {'×'.join(map(str, c['input'][0]))} | {times} | **{c['chosen']}** | {'yes' if c['cached'] else 'no'} |")
     return lines + [""]
 

@@ -486,3 +486,54 @@ def test_timms_condconv_block_is_timed_with_its_batchnormact(tmp_path):
     assert all(v is not None for c in timer.choices for v in c["timings_ms"].values())  # every form matched through its tail
     assert sum("|then BatchNormAct2d" in k for k in json.load(open(tmp_path / "c.json"))) == 3
     assert_equivalent(model, deployed, x)
+
+
+def test_the_prior_leaves_its_forms_untimed_and_out_of_the_whole_model_check(tmp_path):
+    """A form the prior names is not timed, not chosen and not a whole-model candidate; `--form thorough` ({}) times it."""
+    from polyexport.autoform import whole_model_alternatives
+
+    model, x = mixconv_net(), (torch.randn(1, 16, 20, 20),)
+    inputs = capture_layer_inputs(model, x)
+    timer = FormTimer("onnxruntime", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "c.json"), repeats=1,
+                      prior={"MixedConv2d": ["split"]})
+    _, records = convert(model, target="onnxruntime", ranker=timer)
+    assert [c["not_timed"] for c in timer.choices] == [["split"], ["split"]]
+    assert all("split" not in c["timings_ms"] and len(c["timings_ms"]) >= 2 for c in timer.choices)
+    assert {r.form for r in records if r.type == "MixedConv2d"} <= {"single", "aligned"}
+    labels = whole_model_alternatives(model, records, "onnxruntime", {}, False, False, timer)
+    assert not any("split" in label for label in labels)
+    every = FormTimer("onnxruntime", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / "c.json"), repeats=1, prior={})
+    convert(model, target="onnxruntime", ranker=every)
+    assert all("split" in c["timings_ms"] and "not_timed" not in c and not c["cached"] for c in every.choices)
+
+
+def test_a_prior_naming_every_form_or_leaving_only_failing_ones_times_the_rest(tmp_path):
+    from tests.test_explain import Scaled3x3  # forms: exact, and planted_torch / planted_onnx, wrong on the runtime
+
+    model = randomize_(nn.Sequential(Scaled3x3(8, 8)), seed=2)
+    inputs = capture_layer_inputs(model, (torch.randn(1, 8, 6, 6),))
+    for prior in ({"Scaled3x3": ["exact"]}, {"Scaled3x3": ["exact", "planted_torch", "planted_onnx"]}):
+        timer = FormTimer("onnxruntime", RunnerOptions(threads=1), inputs, cache_path=str(tmp_path / f"{len(prior['Scaled3x3'])}.json"),
+                          repeats=1, prior=prior)
+        _, records = convert(model, target="onnxruntime", ranker=timer)
+        assert records[0].form == "exact" and "not_timed" not in timer.choices[0]
+        assert set(timer.choices[0]["timings_ms"]) == {"exact", "planted_torch", "planted_onnx"}
+
+
+def test_the_shipped_prior_names_registered_forms_and_applies_on_the_cpu_only(tmp_path, monkeypatch):
+    from polyexport.convert import registered_layers
+    from polyexport.form_prior import PRIOR_PATH, skip_forms
+    from polyexport.pipeline import ExportOptions, form_timer
+
+    entries = {t.__name__: e for t, e in registered_layers().items()}
+    shipped = json.load(open(PRIOR_PATH))
+    assert shipped["cut"] >= 1.25 and shipped["measured"]  # never tighter than the whole-model margin; says where measured
+    for runtime, types in shipped["skip"].items():
+        assert runtime in ("onnxruntime", "openvino")
+        for typ, forms in types.items():
+            assert set(forms) < set(entries[typ].forms), (typ, forms)  # real forms, never all of them
+    assert skip_forms("openvino", "cuda") == {} and skip_forms("tensorrt") == {}
+    monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
+    model, x = mixconv_net(), [torch.randn(1, 16, 20, 20).numpy()]
+    assert form_timer(model, x, ExportOptions(target="openvino")).prior == skip_forms("openvino")
+    assert form_timer(model, x, ExportOptions(target="openvino", form_choice="thorough")).prior == {}
