@@ -11,13 +11,22 @@ to polyexport/form_prior.json, which the form timer then skips (`--form thorough
     python benchmarks/form_prior.py --json benchmarks/results/form_prior.json \
         --markdown benchmarks/results/form_prior.md --write-prior polyexport/form_prior.json
     python benchmarks/form_prior.py --from-json benchmarks/results/form_prior.json --write-prior polyexport/form_prior.json
+
+What the prior saves: `--compare` runs a cold form choice (per-layer timing and the whole-model check, as the
+pipeline's deploy phase) with the shipped prior and without it, in turns, and prints the seconds of each and the
+assignment each deployed:
+
+    python benchmarks/form_prior.py --compare --models cc_efficientnet_b0 ps_resnet50 \
+        --markdown benchmarks/results/form_prior_cost.md
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +38,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
-from polyexport.autoform import FormTimer, capture_layer_inputs  # noqa: E402
-from polyexport.convert import convert, layer_tails  # noqa: E402
+from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
+from polyexport.convert import assignment, convert, layer_tails  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
 
@@ -58,6 +67,49 @@ def measure(name: str, rt: str, dynamic: bool, threads: int, tmp: str) -> list[d
                      "input": c["input"], "ms": c["timings_ms"],
                      "behind": {f: (t / best if t is not None else None) for f, t in c["timings_ms"].items()}})
     return rows
+
+
+def cold_choice(name: str, rt: str, prior: dict | None, threads: int, tmp: str, tag: str) -> tuple[float, str, int]:
+    """One cold deploy phase of `name` on `rt` (per-layer timing, whole-model check): its seconds, the assignment it
+    deployed (a digest) and how many forms it timed."""
+    import hashlib
+
+    entry = zoo.get(name)
+    model = zoo.instantiate(name, seed=0).eval()
+    x = torch.randn(*entry.input_shape)
+    timer = FormTimer(rt, RunnerOptions(threads=threads), capture_layer_inputs(model, (x,)),
+                      cache_path=os.path.join(tmp, f"{tag}.json"), tails=layer_tails(model), prior=prior)
+    t0 = time.perf_counter()
+    deployment = choose_deployment(model, (x,), rt, {}, False, False, timer, lambda _label: contextlib.nullcontext())
+    seconds = time.perf_counter() - t0
+    timed = sum(len(c["timings_ms"]) for c in deployment.choices if c["type"] != "whole model" and not c["cached"])
+    digest = hashlib.sha256(json.dumps(assignment(deployment.records), sort_keys=True).encode()).hexdigest()[:8]
+    return seconds, digest, timed
+
+
+def compare(names: list[str], runtimes: list[str], threads: int, repeats: int) -> str:
+    """Cold deploy phases with the shipped prior and without, in turns, per model and runtime."""
+    body = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            for rt in runtimes:
+                runs: dict[str, list] = {"prior": [], "every form": []}
+                for i in range(repeats):
+                    for label, prior in (("prior", None), ("every form", {})):
+                        runs[label].append(cold_choice(name, rt, prior, threads, tmp, f"{name}-{rt}-{label}-{i}"))
+                with_s = statistics.median(r[0] for r in runs["prior"])
+                without_s = statistics.median(r[0] for r in runs["every form"])
+                ratios = [a[0] / b[0] for a, b in zip(runs["prior"], runs["every form"])]
+                same = sum(a[1] == b[1] for a, b in zip(runs["prior"], runs["every form"]))
+                body.append([name, rt, f"{runs['prior'][0][2]} / {runs['every form'][0][2]}", f"{with_s:.1f}", f"{without_s:.1f}",
+                             f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})", f"{same} of {repeats}"])
+                print(md_table(["model", "runtime", "forms timed", "s", "s", "ratio", "same"], body[-1:]).splitlines()[-1], flush=True)
+    return (md_table(["model", "runtime", "forms timed (prior / every form)", "cold deploy phase, prior (s)",
+                      "every form (s)", "prior / every form (range)", "same deployed assignment"], body)
+            + f"\n\n{machine()}; threads={threads}; batch 1, static graphs; each cold deploy phase from an empty form cache "
+              f"(per-layer timing and the whole-model check, as the pipeline); medians of {repeats} runs in turns, the ratio the "
+              "median of the paired ratios. A different assignment is not a worse one: the forms left are within noise of "
+              "each other on many layers, and two cold runs of one setting differ too.")
 
 
 def summary(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
@@ -105,10 +157,18 @@ def main() -> None:
                          "model by at most 1.16x: autoform.WHOLE_MODEL_MARGIN)")
     ap.add_argument("--min-signatures", type=int, default=3)
     ap.add_argument("--from-json", help="re-derive the table and the prior from a saved run")
+    ap.add_argument("--compare", action="store_true", help="time cold deploy phases with the shipped prior and without")
+    ap.add_argument("--repeats", type=int, default=3, help="cold runs of each setting with --compare")
     ap.add_argument("--write-prior", help="write the prior (polyexport/form_prior.json)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
+    if args.compare:
+        torch.set_num_threads(args.threads)
+        md = compare(args.models or ["cc_efficientnet_b0", "ps_resnet50"], runtimes_here(args.runtimes), args.threads, args.repeats)
+        print(md)
+        write_outputs(args, md, {"threads": args.threads, "versions": versions()})
+        return
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
