@@ -4,8 +4,8 @@ A cold run times every exact form of every layer signature in its own session (a
 time goes to forms that lose by far. This times, from an empty form cache, every form of every layer signature of
 every zoo model with a choice, as the pipeline does (framed, with what follows each layer), static at batch 1 and
 with a dynamic batch, and gives per runtime, layer type and form how far behind the fastest form of its signature
-it was (best and worst over the signatures). With `--write-prior`, the forms that were at least `--cut` × the
-fastest on every signature of their type in both contexts (and measured on at least `--min-signatures`) are written
+it was (best and worst over the signatures; kernel-bank layers apart by kind of conv: form_prior.prior_key). With
+`--write-prior`, the forms that were at least `--cut` × the fastest on every signature of their key in both contexts (and measured on at least `--min-signatures`) are written
 to polyexport/form_prior.json, which the form timer then skips (`--form thorough` times them anyway).
 
     python benchmarks/form_prior.py --json benchmarks/results/form_prior.json \
@@ -40,6 +40,7 @@ from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
 from polyexport.convert import assignment, convert, layer_tails  # noqa: E402
+from polyexport.form_prior import prior_key  # noqa: E402
 from polyexport.pipeline import versions  # noqa: E402
 from polyexport.runtimes import RunnerOptions  # noqa: E402
 
@@ -64,6 +65,7 @@ def measure(name: str, rt: str, dynamic: bool, threads: int, tmp: str) -> list[d
             continue
         best = min(times.values())
         rows.append({"model": name, "runtime": rt, "dynamic": dynamic, "layer": c["name"], "type": c["type"],
+                     "key": prior_key(dict(model.named_modules())[c["name"]]),
                      "input": c["input"], "ms": c["timings_ms"],
                      "behind": {f: (t / best if t is not None else None) for f, t in c["timings_ms"].items()}})
     return rows
@@ -112,19 +114,30 @@ def compare(names: list[str], runtimes: list[str], threads: int, repeats: int) -
               "each other on many layers, and two cold runs of one setting differ too.")
 
 
+def with_keys(rows: list[dict]) -> list[dict]:
+    """Each row with its layer's prior key (form_prior.prior_key), looked up in its model where a saved run lacks it."""
+    models: dict[str, dict] = {}
+    for r in rows:
+        if "key" not in r:
+            if r["model"] not in models:
+                models[r["model"]] = dict(zoo.instantiate(r["model"], seed=0).named_modules())
+            r["key"] = prior_key(models[r["model"]][r["layer"]])
+    return rows
+
+
 def summary(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
-    """(runtime, type, form) -> the signatures measured, and the form's best and worst ratio to the fastest,
+    """(runtime, prior key, form) -> the signatures measured, and the form's best and worst ratio to the fastest,
     per context (static, dynamic)."""
     out: dict[tuple[str, str, str], dict] = collections.defaultdict(lambda: {"static": [], "dynamic": []})
-    for r in rows:
+    for r in with_keys(rows):
         for form, behind in r["behind"].items():
-            out[(r["runtime"], r["type"], form)]["dynamic" if r["dynamic"] else "static"].append(
+            out[(r["runtime"], r["key"], form)]["dynamic" if r["dynamic"] else "static"].append(
                 float("inf") if behind is None else behind)
     return out
 
 
 def prior_from(rows: list[dict], cut: float, min_signatures: int) -> dict[str, dict[str, list[str]]]:
-    """runtime -> type -> forms at least `cut` × the fastest on every signature measured, in both contexts, over at
+    """runtime -> prior key -> forms at least `cut` × the fastest on every signature measured, in both contexts, over at
     least `min_signatures` signatures in each."""
     prior: dict[str, dict[str, list[str]]] = {}
     for (rt, typ, form), ctx in sorted(summary(rows).items()):
@@ -143,7 +156,7 @@ def to_markdown(rows: list[dict], cut: float, min_signatures: int) -> str:
             cells.append(f"{min(v):.2f}–{max(v):.2f}× ({len(v)})".replace("inf", "fails") if v else "—")
         skipped = form in prior.get(rt, {}).get(typ, [])
         body.append([rt, typ, form, *cells, "**skipped**" if skipped else ""])
-    return md_table(["runtime", "layer type", "form", "behind the fastest, static batch 1 (signatures)",
+    return md_table(["runtime", "layer type (/ kind of conv)", "form", "behind the fastest, static batch 1 (signatures)",
                      "behind the fastest, dynamic batch (signatures)", f"prior (≥ {cut}× everywhere)"], body)
 
 

@@ -39,7 +39,7 @@ from .errors import BadInput
 from .convert import Form, LayerRecord, assignment, convert, followed_by, is_known_layer, plan, registered_layers
 from .exporter import ExportInfo, export_onnx, flatten_outputs
 from .exporter.fp16 import graph_for
-from .form_prior import skip_forms
+from .form_prior import prior_key, skip_forms
 from .modules import set_eval
 from .parity import Tolerance, judge
 from .runs import run_graph
@@ -127,7 +127,7 @@ class FormTimer:
                  alternatives: int | None = WHOLE_MODEL_ALTERNATIVES, final: FinalExport | None = None,
                  tails: dict[str, nn.Sequential] | None = None, prior: dict[str, list[str]] | None = None):
         self.runtime, self.options, self.inputs = runtime, options, inputs
-        #: layer type -> forms not timed (form_prior.py: measured far behind on every shape); None: the measured prior,
+        #: layer key (form_prior.prior_key) -> forms not timed (measured far behind on every shape); None: the measured prior,
         #: {}: every form timed (`--form thorough`)
         self.prior: dict[str, list[str]] = skip_forms(runtime, options.device) if prior is None else prior
         self.final = final  # where and how whole-model candidates are exported (None: a temporary folder, generic names)
@@ -210,7 +210,7 @@ class FormTimer:
         tail, outs = self._tail(name, ref, args)
         key = f"{self.context}|{signature(ref, args)}" + (f"|then {_describe(tail)}" if tail is not None else "")
         timings: dict[str, float] = dict(self.cache.get(key, {}))
-        skip = set(self.prior.get(type(ref).__name__, ()))
+        skip = set(self.prior.get(prior_key(ref), ()))
         if all(f.name in skip for f in forms):
             skip = set()  # the prior only narrows a choice, never empties it
         missing = [f for f in forms if f.name not in timings and f.name not in skip]

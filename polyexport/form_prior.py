@@ -5,13 +5,17 @@ and some forms never come near winning on a CPU runtime: CondConv's `output_aggr
 then mixed) was at least 1.5x the fastest form on every signature of every zoo model. form_prior.json lists those,
 per runtime and layer type, as measured by `python benchmarks/form_prior.py --write-prior` (its table:
 benchmarks/results/form_prior.md). It holds for the CPU devices it was measured on; elsewhere (a GPU provider) every
-form is timed, as it is with `--form thorough`.
+form is timed, as it is with `--form thorough`. Kernel-bank layers (CondConv, DY-Conv) are keyed by their kind of
+conv as well (`CondConv2d/depthwise`): which of their forms lose by far depends on it (a batched MatMul is a fine
+1x1 conv and a 4-15x slower depthwise one).
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+
+from torch import nn
 
 PRIOR_PATH = os.path.join(os.path.dirname(__file__), "form_prior.json")
 
@@ -23,7 +27,17 @@ def _load() -> dict[str, dict[str, list[str]]]:
 
 
 def skip_forms(runtime: str, device: str = "cpu") -> dict[str, list[str]]:
-    """Layer type -> the forms not to time on `runtime` (empty off the CPU, where nothing was measured)."""
+    """Layer key (prior_key) -> the forms not to time on `runtime` (empty off the CPU, where nothing was measured)."""
     if device != "cpu":
         return {}
-    return {typ: list(forms) for typ, forms in _load().get(runtime, {}).items()}
+    return {key: list(forms) for key, forms in _load().get(runtime, {}).items()}
+
+
+def prior_key(ref: nn.Module) -> str:
+    """The layer's type, with its kind of conv for a kernel-bank layer (one with `groups` and an input channel count)."""
+    from .deploy_layers._kernel_bank import conv_kind
+
+    name = type(ref).__name__
+    if isinstance(getattr(ref, "groups", None), int) and (hasattr(ref, "in_channels") or hasattr(ref, "in_planes")):
+        return f"{name}/{conv_kind(ref)}"
+    return name

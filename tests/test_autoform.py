@@ -488,6 +488,16 @@ def test_timms_condconv_block_is_timed_with_its_batchnormact(tmp_path):
     assert_equivalent(model, deployed, x)
 
 
+def test_kernel_bank_layers_are_keyed_by_their_kind_of_conv():
+    from polyexport.form_prior import prior_key
+    from polyexport.layers.condconv import CondConv2d
+
+    assert prior_key(CondConv2d(8, 8, 3, groups=8)) == "CondConv2d/depthwise"
+    assert prior_key(CondConv2d(8, 16, 1)) == "CondConv2d/pointwise"
+    assert prior_key(CondConv2d(8, 16, 3)) == "CondConv2d/dense"
+    assert prior_key(MixedConv2d(16, 16, [3, 5])) == "MixedConv2d"
+
+
 def test_the_prior_leaves_its_forms_untimed_and_out_of_the_whole_model_check(tmp_path):
     """A form the prior names is not timed, not chosen and not a whole-model candidate; `--form thorough` ({}) times it."""
     from polyexport.autoform import whole_model_alternatives
@@ -530,8 +540,10 @@ def test_the_shipped_prior_names_registered_forms_and_applies_on_the_cpu_only(tm
     assert shipped["cut"] >= 1.25 and shipped["measured"]  # never tighter than the whole-model margin; says where measured
     for runtime, types in shipped["skip"].items():
         assert runtime in ("onnxruntime", "openvino")
-        for typ, forms in types.items():
-            assert set(forms) < set(entries[typ].forms), (typ, forms)  # real forms, never all of them
+        for key, forms in types.items():  # a layer type, or type/kind of conv (form_prior.prior_key)
+            typ, _, kind = key.partition("/")
+            assert kind in ("", "depthwise", "pointwise", "dense"), key
+            assert set(forms) < set(entries[typ].forms), (key, forms)  # real forms, never all of them
     assert skip_forms("openvino", "cuda") == {} and skip_forms("tensorrt") == {}
     monkeypatch.setenv("POLYEXPORT_CACHE", str(tmp_path / "cache.json"))
     model, x = mixconv_net(), [torch.randn(1, 16, 20, 20).numpy()]
