@@ -6,7 +6,8 @@ form in ONNX Runtime at 22-channel splits and on par in OpenVINO). So for each c
 usable exact forms are exported as single-layer graphs at the layer's real input (captured in one
 forward pass of the model), followed by what follows the layer in the model (the BN the converter folds into it,
 the activation after: its tail, convert.layer_tails), framed by identity convs as a network frames them (`Framed`),
-timed in turns on the runtime, and the fastest chosen. Timings are
+timed in turns on the runtime, and the fastest chosen; forms measured far behind the fastest on every shape of their
+kind on a CPU runtime are not timed (form_prior.py; `--form thorough` times them). Timings are
 cached in a JSON file keyed by (runtime, version, device, threads, precision, layer signature, tail), so a
 second export of the same model, or of another with the same layer shapes, is instant; within one run,
 layers with the same signature are timed once.

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lacks fp16), an fp16 engine for TensorRT; modules that overflow or lose accuracy are found and kept in fp32 where the runtime allows")
     p.add_argument("--no-deploy", dest="deploy", action="store_false", help="export the model as it is (no layer swaps, no folding), for comparison")
     p.add_argument("--form", action="append", metavar="LAYER=FORM", help="auto (time each exact form on the target runtime: the default for onnxruntime/openvino), "
-                   "thorough (auto, the whole-model check trying every plausible alternative), "
+                   "thorough (auto with every form timed, the prior's too, and the whole-model check trying every plausible alternative), "
                    "preferred (the registered, measured order), or force a form for a layer type, e.g. PSConv2d=regrouped (or =reference); repeatable")
     p.add_argument("--form-cache", metavar="FILE", help="where the form timings are kept (default $POLYEXPORT_CACHE, else "
                    "~/.cache/polyexport/forms.json): keep it between runs, e.g. as a CI cache, and only the first run of a layer shape times its forms")
