@@ -52,6 +52,13 @@ def replace_rows(saved: list[dict], fresh: list[dict], key) -> list[dict]:
     return [by_key.pop(key(r), r) for r in saved] + list(by_key.values())
 
 
+def paper_models() -> list[str]:
+    """The zoo's paper models: those with a plain baseline to compare with (the tests' own models left out)."""
+    from polyexport import zoo
+
+    return [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
+
+
 def runtimes_here(requested: list[str] | None) -> list[str]:
     have = [r for r in installed() if r != "tensorrt"]
     return [r for r in (requested or have) if r in have]

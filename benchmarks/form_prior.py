@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
+from common import machine, md_table, paper_models, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import FormTimer, capture_layer_inputs, choose_deployment  # noqa: E402
@@ -188,7 +188,7 @@ def main() -> None:
         rows, note = saved["rows"], saved["note"]
     else:
         torch.set_num_threads(args.threads)
-        names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
+        names = args.models or paper_models()
         rows = []
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:

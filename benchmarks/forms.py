@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import load_runner, machine, md_table, replace_rows, runtimes_here, write_outputs  # noqa: E402
+from common import load_runner, machine, md_table, paper_models, replace_rows, runtimes_here, write_outputs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.bench import interleaved_medians  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--note", help="with --merge: what this run measured (appended to the table's foot)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
+    names = args.models or paper_models()
     rows, records = [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import flops, machine, md_table, n_outputs, replace_rows, runtimes_here, write_outputs  # noqa: E402
+from common import flops, machine, md_table, n_outputs, paper_models, replace_rows, runtimes_here, write_outputs  # noqa: E402
 from floors import KernelBankFloor, attention_floor_model, kernel_banks  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
@@ -346,7 +346,7 @@ def main() -> None:
     ap.add_argument("--note", help="with --merge: a note on these rows kept in the JSON (replacing one with the same first words)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.models or [n for n in zoo.names() if zoo.get(n).baseline and not n.startswith("test_")]
+    names = args.models or paper_models()
     rts = runtimes_here(args.runtimes)
     t0 = time.time()
     rows = []
