@@ -209,7 +209,9 @@ def main() -> None:
             json.dump({"cut": args.cut, "min_signatures": args.min_signatures, "measured": note,
                        "generated_by": "python benchmarks/form_prior.py --write-prior", "skip": prior}, f, indent=1)
             f.write("\n")
-    if not args.from_json:
+    if args.from_json:  # re-derived: the table only, the measurements stay as saved
+        write_outputs(argparse.Namespace(markdown=args.markdown), md, {})
+    else:
         write_outputs(args, md, {"threads": args.threads, "versions": versions(), "note": note, "rows": rows})
 
 
