@@ -56,6 +56,7 @@ def measure(name: str, rt: str, dynamic: bool, threads: int, tmp: str) -> list[d
     if not timer.inputs:
         return []
     convert(model, rt, {}, dynamic, False, ranker=timer)
+    modules = dict(model.named_modules())
     rows = []
     for c in timer.choices:
         if c["cached"]:  # a signature seen before in this model: counted once
@@ -65,7 +66,7 @@ def measure(name: str, rt: str, dynamic: bool, threads: int, tmp: str) -> list[d
             continue
         best = min(times.values())
         rows.append({"model": name, "runtime": rt, "dynamic": dynamic, "layer": c["name"], "type": c["type"],
-                     "key": prior_key(dict(model.named_modules())[c["name"]]),
+                     "key": prior_key(modules[c["name"]]),
                      "input": c["input"], "ms": c["timings_ms"],
                      "behind": {f: (t / best if t is not None else None) for f, t in c["timings_ms"].items()}})
     return rows

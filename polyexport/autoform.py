@@ -212,11 +212,15 @@ class FormTimer:
         key = f"{self.context}|{signature(ref, args)}" + (f"|then {_describe(tail)}" if tail is not None else "")
         timings: dict[str, float] = dict(self.cache.get(key, {}))
         skip = set(self.prior.get(prior_key(ref), ()))
-        if all(f.name in skip for f in forms):
-            skip = set()  # the prior only narrows a choice, never empties it
-        missing = [f for f in forms if f.name not in timings and f.name not in skip]
-        if not missing and not any(_usable(timings.get(f.name)) for f in forms):  # what was timed all fails here
-            missing = [f for f in forms if f.name not in timings]
+
+        def to_time() -> list[Form]:
+            """The forms the prior keeps that have no timing yet; once none is left and none timed works here (or the
+            prior names every form), the prior's own: it narrows a choice, never leaves a layer without a working form."""
+            kept = [f for f in forms if f.name not in timings and f.name not in skip]
+            if kept or any(_finite(timings.get(f.name)) is not None for f in forms):
+                return kept
+            return [f for f in forms if f.name not in timings]
+        missing = to_time()
         cached = not missing
         self._asked += 1
         t0 = time.perf_counter()
@@ -225,8 +229,7 @@ class FormTimer:
             timings.update(self._time(ref, args, missing, tail, outs))
             self.cache[key] = timings
             self._save()
-            # every form the prior left fails here: the prior's forms are timed after all
-            missing = [] if any(_usable(timings.get(f.name)) for f in forms) else [f for f in forms if f.name not in timings]
+            missing = to_time()
         spent = time.perf_counter() - t0 if not cached else 0.0
         ranked = sorted(forms, key=lambda f: timings.get(f.name, float("inf")))
         skipped = [f.name for f in forms if f.name not in timings]  # the prior's: never timed, so never chosen
@@ -409,11 +412,6 @@ def _valid_entry(value: object) -> bool:
     """A cache entry: form (or candidate) name -> latency in ms, or null for one that failed."""
     return isinstance(value, dict) and all(
         isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)) for k, v in value.items())
-
-
-def _usable(ms: float | None) -> bool:
-    """A form timed and working here (not failed: None or inf; not left untimed: None)."""
-    return ms is not None and ms != float("inf")
 
 
 def _finite(ms: float | None) -> float | None:
