@@ -3,7 +3,10 @@
 - KernelBankFloor: every expert bank read once per batch (W = a @ bank), timed without any conv — the
   weight-read floor.
 - attention_floor_model: the model (or one layer) with its plain convs and every attention branch and
-  aggregation computed but unused — what any kernel-aggregating form adds at least.
+  aggregation computed but unused — what any kernel-aggregating form adds at least. With `depthwise`, each
+  depthwise dynamic conv's plain conv becomes the core every exact form of it runs at least
+  (benchmarks/dynamic_depthwise.py): K constant convs summed ("k_static_convs") or one conv whose kernel
+  arrives at run time ("run_time_kernel"); the depthwise floor of a model is the cheaper of the two graphs.
 
 Used by benchmarks/models.py (whole models) and benchmarks/layers.py (single layers).
 """
@@ -44,6 +47,55 @@ def kernel_banks(model: torch.nn.Module) -> list[torch.Tensor]:
     return banks
 
 
+class _KStaticConvs(torch.nn.Module):
+    """A depthwise dynamic conv's core with constant weights: its K experts as K static convs, summed (no mixing).
+    Every constant-weight exact form runs at least min(K, kh·kw) static convs' worth of work: the per-sample
+    kernel ranges over the experts' span."""
+
+    def __init__(self, convs: list[torch.nn.Conv2d]):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs[0](x)
+        for conv in self.convs[1:]:
+            y = y + conv(x)
+        return y
+
+    def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_KStaticConvs":
+        from polyexport.deploy_layers.conv_bn import fuse_conv_bn
+
+        first, rest = fuse_conv_bn(self.convs[0], bn), []
+        for conv in self.convs[1:]:  # the BN's scale in every expert, its shift once
+            fused = fuse_conv_bn(conv, bn)
+            fused.bias = None
+            rest.append(fused)
+        return _KStaticConvs([first, *rest])
+
+
+class _RunTimeKernelConv(torch.nn.Module):
+    """A depthwise dynamic conv's core with its kernel computed at run time: the plain conv with its kernel times a
+    run-time scalar (a slice of x), so it is not an initializer. One kernel for the whole batch: no per-sample
+    work, a lower bound of every form that convolves with a per-sample kernel."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        scale = 1.0 + 0.0 * x[:1, :1, :1, :1]
+        return torch.nn.functional.conv2d(x, c.weight * scale, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+    def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_RunTimeKernelConv":
+        from polyexport.deploy_layers.conv_bn import fuse_conv_bn
+
+        return _RunTimeKernelConv(fuse_conv_bn(self.conv, bn))
+
+
+DEPTHWISE_CORES = {"k_static_convs": _KStaticConvs, "run_time_kernel": _RunTimeKernelConv}
+
+
 class _KernelsComputedUnused(torch.nn.Module):
     """A dynamic conv's floor: its plain conv (expert 0, constant weights: fast everywhere), plus everything that
     makes its kernel input-dependent, computed and not used: the attention branch (DY-Conv: its own; CondConv:
@@ -51,7 +103,7 @@ class _KernelsComputedUnused(torch.nn.Module):
     zero-weighted, to the model's output by AttentionFloor: no pass over a feature map). Every form that
     aggregates kernels does at least this much; BN folds into the conv."""
 
-    def __init__(self, conv: torch.nn.Conv2d, bank: torch.Tensor, router: torch.nn.Module | None, sink: list):
+    def __init__(self, conv: torch.nn.Module, bank: torch.Tensor, router: torch.nn.Module | None, sink: list):
         super().__init__()
         self.conv, self.router, self.sink = conv, router, sink
         self.register_buffer("bank", bank)
@@ -64,7 +116,8 @@ class _KernelsComputedUnused(torch.nn.Module):
     def fuse_bn(self, bn: torch.nn.BatchNorm2d) -> "_KernelsComputedUnused":
         from polyexport.deploy_layers.conv_bn import fuse_conv_bn
 
-        return _KernelsComputedUnused(fuse_conv_bn(self.conv, bn), self.bank, self.router, self.sink)
+        conv = self.conv.fuse_bn(bn) if hasattr(self.conv, "fuse_bn") else fuse_conv_bn(self.conv, bn)
+        return _KernelsComputedUnused(conv, self.bank, self.router, self.sink)
 
 
 class AttentionFloor(torch.nn.Module):
@@ -100,9 +153,11 @@ class _DCDKernelComputedUnused(torch.nn.Module):
         return _DCDKernelComputedUnused(fuse_conv_bn(self.conv, bn), self.aggregated, self.sink)
 
 
-def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
+def attention_floor_model(model: torch.nn.Module, depthwise: str | None = None) -> torch.nn.Module | None:
     """AttentionFloor of the model (each CondConv2d / Dynamic_conv2d / 1×1 DCD layer replaced, BN folded); None without any.
-    The model may be such a layer itself (benchmarks/layers.py): it is wrapped so that every layer has a parent."""
+    The model may be such a layer itself (benchmarks/layers.py): it is wrapped so that every layer has a parent.
+    `depthwise` (a DEPTHWISE_CORES key): each depthwise dynamic conv computed by that core instead of its plain conv;
+    None where the model has no depthwise dynamic conv."""
     import copy
 
     from polyexport.convert import fold_batchnorm
@@ -110,6 +165,7 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
     from polyexport.layers.condconv import CondConv2d
     from polyexport.layers.dynamic_conv import Dynamic_conv2d
 
+    from polyexport.deploy_layers._kernel_bank import conv_kind
     from polyexport.deploy_layers.dcd import DCDAggregated, aggregated_exact_for
     from polyexport.layers.dcd import DCD_TYPES
 
@@ -124,13 +180,19 @@ def attention_floor_model(model: torch.nn.Module) -> torch.nn.Module | None:
             bank = m.weight.detach().reshape(k, -1)
             shape = (m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, CondConv2d) else \
                 (m.out_planes, m.in_planes // m.groups, m.kernel_size, m.kernel_size)
-            conv = torch.nn.Conv2d(shape[1] * m.groups, shape[0], shape[2:], m.stride, m.padding, m.dilation, m.groups, bias=False)
-            with torch.no_grad():
-                conv.weight.copy_(bank[0].reshape(shape))
+            convs = []
+            for kernel in bank[: k if depthwise == "k_static_convs" and conv_kind(m) == "depthwise" else 1]:
+                convs.append(torch.nn.Conv2d(shape[1] * m.groups, shape[0], shape[2:], m.stride, m.padding, m.dilation, m.groups, bias=False))
+                with torch.no_grad():
+                    convs[-1].weight.copy_(kernel.reshape(shape))
+            conv = DEPTHWISE_CORES[depthwise](convs if depthwise == "k_static_convs" else convs[0]) \
+                if depthwise and conv_kind(m) == "depthwise" else convs[0]
             router = SoftmaxRouter(m.attention) if isinstance(m, Dynamic_conv2d) else None
             parent, _, child = name.rpartition(".")
             setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router, sink).eval())
     if not any(isinstance(m, (_KernelsComputedUnused, _DCDKernelComputedUnused)) for m in floor.modules()):
+        return None
+    if depthwise and not any(isinstance(m, tuple(DEPTHWISE_CORES.values())) for m in floor.modules()):
         return None
     fold_batchnorm(floor)
     return AttentionFloor(floor, sink).eval()

@@ -13,7 +13,9 @@ deploy-static, baseline-static); `--floor` adds the weight-read floor of the mod
 (CondConv2d, Dynamic_conv2d): every expert read once per batch by the aggregation MatMuls alone, timed as
 its own graph, reported as (baseline + aggregation) / baseline, and the model with its plain convs and every
 attention branch and aggregation computed but unused (floor-attention: what any kernel-aggregating form
-adds at least); `--preferred` adds the deployment in the registry's order, untimed (what `--form
+adds at least), and that model with each depthwise dynamic conv as the core every exact form of it runs at least
+(floor-depthwise: the cheaper of K constant convs summed and one conv with a run-time kernel; see
+benchmarks/dynamic_depthwise.py); `--preferred` adds the deployment in the registry's order, untimed (what `--form
 preferred` ships: the per-layer timing sees a layer alone, not the layouts between layers);
 `--openvino-per-batch` adds the deploy graph on OpenVINO compiled for the batch it is given (reshaped to
 that static batch and cached per batch: what a runner could do with one dynamic-batch graph; polyexport's
@@ -39,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from common import flops, machine, md_table, n_outputs, paper_models, replace_rows, runtimes_here, write_outputs  # noqa: E402
-from floors import KernelBankFloor, attention_floor_model, kernel_banks  # noqa: E402
+from floors import DEPTHWISE_CORES, KernelBankFloor, attention_floor_model, kernel_banks  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.convert import convert  # noqa: E402
@@ -138,6 +140,10 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
     attention_floor = attention_floor_model(model) if args.floor else None
     if attention_floor is not None:
         graphs.update({("floor-attention", rt): attention_floor for rt in rts})
+    for core in DEPTHWISE_CORES if args.floor else ():  # the depthwise floor: the cheaper of the two graphs
+        depthwise_floor = attention_floor_model(model, depthwise=core)
+        if depthwise_floor is not None:
+            graphs.update({(f"floor-depthwise-{core}", rt): depthwise_floor for rt in rts})
     info: dict[str, dict] = {}
     paths: dict[tuple, str | None] = {}
     for (tag, rt), m in graphs.items():
@@ -252,6 +258,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
     header = ["model (batch)", "runtime", "bound", "dynamic: deploy / baseline", "dynamic, preferred order / baseline",
               "static: deploy / baseline",
               "floor: (baseline + aggregation) / baseline", "floor: attention + aggregation computed, unused / baseline",
+              "floor: that + depthwise core (cheaper of K static convs, one run-time kernel) / baseline",
               "dynamic deploy / static as-is", "OpenVINO per-batch compile / baseline",
               "threads"]
     body = []
@@ -273,6 +280,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
         for rt in rts:
             floor = ((ms[f"baseline/{rt}"] + ms[f"floor-aggregation/{rt}"]) / ms[f"baseline/{rt}"]
                      if ms.get(f"floor-aggregation/{rt}") and ms.get(f"baseline/{rt}") else None)
+            depthwise = [v for core in DEPTHWISE_CORES if (v := _ratio(ms, f"floor-depthwise-{core}/{rt}", f"baseline/{rt}"))]
             asis = _ratio(ms, f"deploy/{rt}", f"as-is/{rt}")
             per_batch = _ratio(ms, "deploy/openvino-per-batch", "baseline/openvino") if rt == "openvino" else None
             body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×",
@@ -280,6 +288,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
                          cell(_ratio(ms, f"deploy-preferred/{rt}", f"baseline/{rt}")),
                          cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}"), f"deploy-static/{rt}", f"baseline-static/{rt}"),
                          "—" if floor is None else f"{floor:.2f}×", _fmt_ratio(_ratio(ms, f"floor-attention/{rt}", f"baseline/{rt}")),
+                         _fmt_ratio(min(depthwise, default=None)),
                          "—" if asis is None else f"{asis:.2f}×",
                          cell(per_batch), str(r.get("threads", ""))])
     return md_table(header, body)

@@ -62,3 +62,52 @@ def test_layer_floors_run_at_any_batch():
             if "floor:aggregation" in floors:
                 assert floors["floor:aggregation"](x).shape == (3, 1), case.config
     assert kinds == {"CondConv2d", "Dynamic_conv2d", "DYModule"}
+
+
+def test_depthwise_floor_cores_compute_what_they_claim(tmp_path):
+    """benchmarks/models.py's depthwise floor: in one floor graph each depthwise dynamic conv is its K experts as K
+    constant convs summed, in the other its plain conv with a kernel that is not an initializer once exported (else
+    the runtime would prepack it and the floor would be the static conv's); both fold a following BN exactly."""
+    import onnx
+    import torch
+
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from floors import DEPTHWISE_CORES, attention_floor_model
+        from layer_cases import all_cases
+    finally:
+        sys.path.remove(BENCHMARKS)
+    from polyexport.deploy_layers._kernel_bank import conv_kind
+    from polyexport.exporter import export_onnx
+    from polyexport.layers.condconv import CondConv2d
+    from polyexport.layers.dynamic_conv import Dynamic_conv2d
+
+    def dynamic_conv(case):
+        return next(m for m in case.reference.modules() if isinstance(m, (CondConv2d, Dynamic_conv2d)))
+
+    cases = [c for c in all_cases(["condconv", "dynamic_conv"]) if conv_kind(dynamic_conv(c)) == "depthwise"]
+    assert {type(dynamic_conv(c)) for c in cases} == {CondConv2d, Dynamic_conv2d}
+    for case in cases:
+        ref, dyn = case.reference.eval(), dynamic_conv(case)
+        x = torch.randn(2, *case.input_shape[1:])
+        floors = {core: attention_floor_model(ref, depthwise=core) for core in DEPTHWISE_CORES}
+        (summed,) = [m for m in floors["k_static_convs"].modules() if isinstance(m, DEPTHWISE_CORES["k_static_convs"])]
+        (run_time,) = [m for m in floors["run_time_kernel"].modules() if isinstance(m, DEPTHWISE_CORES["run_time_kernel"])]
+        first = summed.convs[0]
+        experts = dyn.weight.detach().reshape(-1, *first.weight.shape)
+        assert len(summed.convs) == len(experts) > 1, case.config
+        bn = torch.nn.BatchNorm2d(first.out_channels).eval()
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1)
+            want = sum(torch.nn.functional.conv2d(x, w, None, first.stride, first.padding, first.dilation, first.groups)
+                       for w in experts)
+            torch.testing.assert_close(summed(x), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(run_time(x), torch.nn.functional.conv2d(
+                x, experts[0], None, first.stride, first.padding, first.dilation, first.groups), rtol=1e-5, atol=1e-5)
+            for core in (summed, run_time):
+                torch.testing.assert_close(core.fuse_bn(bn)(x), bn(core(x)), rtol=1e-5, atol=1e-5)
+        path = str(tmp_path / "floor.onnx")
+        export_onnx(floors["run_time_kernel"], (x,), path, input_names=["input"], n_outputs=1, dynamic_batch=True)
+        graph = onnx.load(path).graph
+        constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+        assert any(n.op_type == "Conv" and n.input[1] not in constants for n in graph.node), case.config
