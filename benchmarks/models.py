@@ -280,15 +280,17 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
         for rt in rts:
             floor = ((ms[f"baseline/{rt}"] + ms[f"floor-aggregation/{rt}"]) / ms[f"baseline/{rt}"]
                      if ms.get(f"floor-aggregation/{rt}") and ms.get(f"baseline/{rt}") else None)
-            depthwise = [v for core in DEPTHWISE_CORES if (v := _ratio(ms, f"floor-depthwise-{core}/{rt}", f"baseline/{rt}"))]
+            base = f"baseline/{rt}"
+            cores = [f"floor-depthwise-{core}/{rt}" for core in DEPTHWISE_CORES if _ratio(ms, f"floor-depthwise-{core}/{rt}", base)]
+            depthwise = min(cores, key=lambda k: (_paired(r, k, base) or (_ratio(ms, k, base),))[0], default=None)
             asis = _ratio(ms, f"deploy/{rt}", f"as-is/{rt}")
             per_batch = _ratio(ms, "deploy/openvino-per-batch", "baseline/openvino") if rt == "openvino" else None
             body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×",
                          cell(_ratio(ms, f"deploy/{rt}", f"baseline/{rt}"), f"deploy/{rt}", f"baseline/{rt}"),
                          cell(_ratio(ms, f"deploy-preferred/{rt}", f"baseline/{rt}")),
                          cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}"), f"deploy-static/{rt}", f"baseline-static/{rt}"),
-                         "—" if floor is None else f"{floor:.2f}×", _fmt_ratio(_ratio(ms, f"floor-attention/{rt}", f"baseline/{rt}")),
-                         _fmt_ratio(min(depthwise, default=None)),
+                         "—" if floor is None else f"{floor:.2f}×", cell(_ratio(ms, f"floor-attention/{rt}", base), f"floor-attention/{rt}", base),
+                         cell(_ratio(ms, depthwise, base), depthwise, base) if depthwise else "—",
                          "—" if asis is None else f"{asis:.2f}×",
                          cell(per_batch), str(r.get("threads", ""))])
     return md_table(header, body)
@@ -363,13 +365,14 @@ def main() -> None:
         with open(args.from_json) as f:
             saved = json.load(f)
         rows, rts, args.threads, args.json = saved["rows"], saved["runtimes"], saved["threads"], None
+        args.repeats = saved.get("repeats", args.repeats)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
                 rows += bench_pair(name, args, tmp)
         for r in rows:
             r["threads"] = args.threads
-    record = {"threads": args.threads, "versions": versions(), "runtimes": rts, "rows": rows}
+    record = {"threads": args.threads, "repeats": args.repeats, "versions": versions(), "runtimes": rts, "rows": rows}
     if args.merge and not args.from_json:
         record = merge_rows(args.merge, rows, args.note)
         rows, args.json = record["rows"], args.json or args.merge
