@@ -24,6 +24,7 @@ output is checked against the layer's. Ratios are to a static depthwise conv of 
 
     python benchmarks/dynamic_depthwise.py --json benchmarks/results/dynamic_depthwise.json \
         --markdown benchmarks/results/dynamic_depthwise.md
+    python benchmarks/dynamic_depthwise.py --ort-kernels --markdown benchmarks/results/dynamic_depthwise_ort_kernels.md
 """
 from __future__ import annotations
 
@@ -185,18 +186,52 @@ def at_batch(args: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, 
     return tuple(torch.cat([a] * batch) + 0.01 * torch.randn((batch, *a.shape[1:]), generator=g) for a in args)
 
 
+def ort_kernels(layers, names: list[str]) -> list[list[str]]:
+    """The ops ONNX Runtime's optimizer (ORT_ENABLE_ALL) leaves in each graph of the first layer: which convs get its
+    blocked-layout (com.microsoft.nchwc) kernel and where it reorders around the ones that do not."""
+    import onnxruntime as ort
+
+    label, layer, example = layers[0]
+    bank, route = bank_and_route(layer)
+    registered = forms_of(type(layer))
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            module = BUILDERS[n](bank, route) if n in BUILDERS else registered[n].build(layer)
+            path, optimized = os.path.join(tmp, "g.onnx"), os.path.join(tmp, "g.opt.onnx")
+            export_onnx(Framed(module.eval(), Framed.channels(example), [example[0].shape[1]]).eval(), example, path,
+                        input_names=[f"in{i}" for i in range(len(example))], n_outputs=1, dynamic_batch=True,
+                        simplifier="none", validate=False)
+            so = ort.SessionOptions()
+            so.graph_optimization_level, so.optimized_model_filepath = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized
+            so.log_severity_level = 3  # its warning that the saved graph is machine-specific: this is a print, not an artifact
+            ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            ops = [f"{node.domain.split('.')[-1]}:{node.op_type}" if node.domain else node.op_type for node in onnx.load(optimized).graph.node]
+            table.append([label, n, " ".join(ops)])
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtimes", nargs="*")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--limit", type=int, help="only the first N shapes (a quick look)")
+    ap.add_argument("--ort-kernels", action="store_true",
+                    help="print the ops ONNX Runtime's optimizer leaves in each graph of the first shape (no timing)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
     t0, rows, table = time.perf_counter(), [], []
     names = [YARDSTICK, *FLOORS, *FORMS, *CANDIDATES]
     layers = depthwise_layers()[: args.limit]
+    if args.ort_kernels:
+        rows = ort_kernels(layers, [YARDSTICK, *FLOORS, "expert_convs", "sample_conv"])
+        md = md_table(["layer", "graph", "ops after ONNX Runtime's optimizer (framed, dynamic batch)"], rows)
+        md += f"\n\nonnxruntime {__import__('onnxruntime').__version__}, ORT_ENABLE_ALL, {machine()}\n"
+        print(md)
+        write_outputs(args, md, {"rows": [dict(zip(("layer", "graph", "ops"), r)) for r in rows]})
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for rt in runtimes_here(args.runtimes):
             for label, layer, example in layers:
