@@ -41,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, md_table, runtimes_here, write_outputs  # noqa: E402
+from floors import DEPTHWISE_CORES, constant_convs  # noqa: E402
 
 from polyexport import zoo  # noqa: E402
 from polyexport.autoform import Framed, capture_layer_inputs  # noqa: E402
@@ -75,30 +76,23 @@ class _OnBank(nn.Module):
         return self.compute(x, self.route(x, *rest))
 
 
-class _ConvsOnly(_OnBank):
-    """The yardstick and the floors: convs alone, no routing (its cost is the attention floor's, benchmarks/floors.py)."""
+class _ConvsOnly(nn.Module):
+    """The yardstick and the floors: convs alone (benchmarks/floors.py's cores), no routing (its cost is the
+    attention floor's); the layer's other arguments are ignored."""
+
+    def __init__(self, convs: nn.Module):
+        super().__init__()
+        self.convs = convs
 
     def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return self.convs(x)
 
 
-class StaticConv(_ConvsOnly):
-    def convs(self, x):
-        return self.bank.conv(x, self.weights[0], self.biases[0], self.bank.groups)
-
-
-class KStatic(_ConvsOnly):
-    def convs(self, x):
-        y = self.bank.conv(x, self.weights[0], self.biases[0], self.bank.groups)
-        for k in range(1, self.bank.experts):
-            y = y + self.bank.conv(x, self.weights[k], self.biases[k], self.bank.groups)
-        return y
-
-
-class RunTimeKernel(_ConvsOnly):
-    def convs(self, x):
-        scale = 1.0 + 0.0 * x[:1, :1, :1, :1]  # a run-time scalar (a slice): the kernel is not an initializer
-        return self.bank.conv(x, self.weights[0] * scale, self.biases[0], self.bank.groups)
+def bank_convs(bank: KernelBank) -> list[nn.Conv2d]:
+    """The bank's experts as static convs with their biases (its shift left out, as in every floor here)."""
+    if bank.same_pad:
+        raise ValueError("a layer with dynamic 'same' padding: a static conv cannot stand for it")
+    return constant_convs(bank.weight, bank.bias, bank.stride, bank.padding, bank.dilation, bank.groups)
 
 
 class Taps(_OnBank):
@@ -142,8 +136,10 @@ class ExpertsGrouped(_OnBank):
         return bank.conv(scaled, self.grouped, None, c) + bias
 
 
-BUILDERS = {YARDSTICK: StaticConv, FLOORS[0]: KStatic, FLOORS[1]: RunTimeKernel, CANDIDATES[0]: Taps,
-            CANDIDATES[1]: ExpertsInOneConv, CANDIDATES[2]: ExpertsGrouped}
+BUILDERS = {YARDSTICK: lambda bank, route: _ConvsOnly(bank_convs(bank)[0]),
+            FLOORS[0]: lambda bank, route: _ConvsOnly(DEPTHWISE_CORES["k_static_convs"](bank_convs(bank))),
+            FLOORS[1]: lambda bank, route: _ConvsOnly(DEPTHWISE_CORES["run_time_kernel"](bank_convs(bank)[0])),
+            CANDIDATES[0]: Taps, CANDIDATES[1]: ExpertsInOneConv, CANDIDATES[2]: ExpertsGrouped}
 
 
 def depthwise_layers() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]:
@@ -186,6 +182,42 @@ def at_batch(args: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, 
     return tuple(torch.cat([a] * batch) + 0.01 * torch.randn((batch, *a.shape[1:]), generator=g) for a in args)
 
 
+def export_framed(module: nn.Module, frame, feed: tuple[torch.Tensor, ...], path: str, dynamic: bool, simplifier: str) -> set[str]:
+    """Export the module framed as the form timer frames forms; the graph's input names (the exporter drops an unused one)."""
+    export_onnx(Framed(module, *frame).eval(), feed, path, input_names=[f"in{i}" for i in range(len(feed))], n_outputs=1,
+                dynamic_batch=dynamic, simplifier=simplifier, validate=False)
+    return {i.name for i in onnx.load(path).graph.input}
+
+
+def load_graphs(rt: str, modules: dict[str, nn.Module], layer: nn.Module, frame, graph: str,
+                feeds_at: dict[int, tuple[torch.Tensor, ...]], threads: int, tmp: str) -> tuple[dict, dict[str, str]]:
+    """Each module's graph (dynamic: one for every batch; static: one per batch, the only one in feeds_at) loaded on
+    `rt`, every exact one checked against the layer at each batch: ({(name, batch): run}, {name: why it failed})."""
+    with torch.no_grad():
+        wants = {b: Framed(layer, *frame).eval()(*feed)[0].numpy() for b, feed in feeds_at.items()}
+    first = next(iter(feeds_at.values()))
+    fns, errors = {}, {}
+    for n, module in modules.items():
+        if graph == "dynamic" and n in STATIC_ONLY:
+            continue
+        path = os.path.join(tmp, "g.onnx")
+        try:
+            kept = export_framed(module, frame, first, path, graph == "dynamic", "none" if rt == "onnxruntime" else "onnxsim")
+            runner = make_runner(rt, RunnerOptions(threads=threads))
+            runner.load(path, tmp)
+            for b, inputs in feeds_at.items():
+                feed = {f"in{i}": t.numpy() for i, t in enumerate(inputs) if f"in{i}" in kept}
+                got = runner.run(feed)[0]
+                if n in FORMS or n in CANDIDATES:
+                    err = float(np.abs(got - wants[b]).max() / max(np.abs(wants[b]).max(), 1e-12))
+                    if err > 1e-5:
+                        raise ValueError(f"max error {err:.1e} of the output's scale")
+                fns[(n, b)] = (lambda r, f: lambda: r.run(f))(runner, feed)
+        except Exception as e:  # noqa: BLE001 - a form that fails here is a result too
+            errors[n] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+    return fns, errors
+
+
 def ort_kernels(layers, names: list[str]) -> list[list[str]]:
     """The ops ONNX Runtime's optimizer (ORT_ENABLE_ALL) leaves in each graph of the first layer: which convs get its
     blocked-layout (com.microsoft.nchwc) kernel and where it reorders around the ones that do not."""
@@ -199,9 +231,7 @@ def ort_kernels(layers, names: list[str]) -> list[list[str]]:
         for n in names:
             module = BUILDERS[n](bank, route) if n in BUILDERS else registered[n].build(layer)
             path, optimized = os.path.join(tmp, "g.onnx"), os.path.join(tmp, "g.opt.onnx")
-            export_onnx(Framed(module.eval(), Framed.channels(example), [example[0].shape[1]]).eval(), example, path,
-                        input_names=[f"in{i}" for i in range(len(example))], n_outputs=1, dynamic_batch=True,
-                        simplifier="none", validate=False)
+            export_framed(module.eval(), (Framed.channels(example), [example[0].shape[1]]), example, path, True, "none")
             so = ort.SessionOptions()
             so.graph_optimization_level, so.optimized_model_filepath = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized
             so.log_severity_level = 3  # its warning that the saved graph is machine-specific: this is a print, not an artifact
@@ -241,33 +271,8 @@ def main() -> None:
                 modules.update({n: registered[n].build(layer).eval() for n in FORMS})
                 frame = Framed.channels(example), [example[0].shape[1]]
                 for graph, batches in [("dynamic", (1, 8)), ("static", (1,)), ("static", (8,))]:
-                    feeds_at = {b: at_batch(example, b) for b in batches}
-                    fns: dict[tuple[str, int], object] = {}
-                    errors: dict[str, str] = {}
-                    for n, module in modules.items():
-                        if graph == "dynamic" and n in STATIC_ONLY:
-                            continue
-                        framed = Framed(module, *frame).eval()
-                        path = os.path.join(tmp, "g.onnx")
-                        try:
-                            export_onnx(framed, feeds_at[batches[0]], path, input_names=[f"in{i}" for i in range(len(example))],
-                                        n_outputs=1, dynamic_batch=graph == "dynamic", simplifier="none" if rt == "onnxruntime" else "onnxsim",
-                                        validate=False)
-                            kept = {i.name for i in onnx.load(path).graph.input}  # an unused input is dropped by the exporter
-                            runner = make_runner(rt, RunnerOptions(threads=args.threads))
-                            runner.load(path, tmp)
-                            for b in batches:
-                                feed = {f"in{i}": t.numpy() for i, t in enumerate(feeds_at[b]) if f"in{i}" in kept}
-                                got = runner.run(feed)[0]
-                                if n in FORMS or n in CANDIDATES:
-                                    with torch.no_grad():
-                                        want = Framed(layer, *frame).eval()(*feeds_at[b])[0].numpy()
-                                    err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
-                                    if err > 1e-5:
-                                        raise ValueError(f"max error {err:.1e} of the output's scale")
-                                fns[(n, b)] = (lambda r, f: lambda: r.run(f))(runner, feed)
-                        except Exception as e:  # noqa: BLE001 - a form that fails here is a result too
-                            errors[n] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+                    fns, errors = load_graphs(rt, modules, layer, frame, graph, {b: at_batch(example, b) for b in batches},
+                                              args.threads, tmp)
                     for b in batches:
                         timed = {n: fn for (n, bb), fn in fns.items() if bb == b}
                         per = interleaved_medians(timed, repeats=args.repeats, warmup=3, min_iters=10, min_time_s=0.05)

@@ -47,6 +47,21 @@ def kernel_banks(model: torch.nn.Module) -> list[torch.Tensor]:
     return banks
 
 
+def constant_convs(kernels: torch.Tensor, biases: torch.Tensor | None, stride, padding, dilation, groups: int) -> list[torch.nn.Conv2d]:
+    """One plain conv per kernel of `kernels` (n, out, in/groups, kh, kw), with its row of `biases` (n, out) if given:
+    a dynamic conv's experts as static convs, the pieces every floor here is built from."""
+    n, out, per_group, *size = kernels.shape
+    convs = []
+    for i in range(n):
+        conv = torch.nn.Conv2d(per_group * groups, out, tuple(size), stride, padding, dilation, groups, bias=biases is not None)
+        with torch.no_grad():
+            conv.weight.copy_(kernels[i])
+            if biases is not None:
+                conv.bias.copy_(biases[i])
+        convs.append(conv.eval())
+    return convs
+
+
 class _KStaticConvs(torch.nn.Module):
     """A depthwise dynamic conv's core with constant weights: its K experts as K static convs, summed (no mixing).
     Every constant-weight exact form runs at least min(K, kh·kw) static convs' worth of work: the per-sample
@@ -180,13 +195,13 @@ def attention_floor_model(model: torch.nn.Module, depthwise: str | None = None) 
             bank = m.weight.detach().reshape(k, -1)
             shape = (m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, CondConv2d) else \
                 (m.out_planes, m.in_planes // m.groups, m.kernel_size, m.kernel_size)
-            convs = []
-            for kernel in bank[: k if depthwise == "k_static_convs" and conv_kind(m) == "depthwise" else 1]:
-                convs.append(torch.nn.Conv2d(shape[1] * m.groups, shape[0], shape[2:], m.stride, m.padding, m.dilation, m.groups, bias=False))
-                with torch.no_grad():
-                    convs[-1].weight.copy_(kernel.reshape(shape))
-            conv = DEPTHWISE_CORES[depthwise](convs if depthwise == "k_static_convs" else convs[0]) \
-                if depthwise and conv_kind(m) == "depthwise" else convs[0]
+            core = DEPTHWISE_CORES.get(depthwise) if conv_kind(m) == "depthwise" else None
+            kernels = bank.reshape(k, *shape)
+            if core is _KStaticConvs:
+                conv = core(constant_convs(kernels, None, m.stride, m.padding, m.dilation, m.groups))
+            else:  # the plain conv (expert 0), or the run-time-kernel core around it
+                conv = constant_convs(kernels[:1], None, m.stride, m.padding, m.dilation, m.groups)[0]
+                conv = core(conv) if core else conv
             router = SoftmaxRouter(m.attention) if isinstance(m, Dynamic_conv2d) else None
             parent, _, child = name.rpartition(".")
             setattr(floor.get_submodule(parent) if parent else floor, child, _KernelsComputedUnused(conv, bank.clone(), router, sink).eval())
