@@ -15,7 +15,8 @@ its own graph, reported as (baseline + aggregation) / baseline, and the model wi
 attention branch and aggregation computed but unused (floor-attention: what any kernel-aggregating form
 adds at least), and that model with each depthwise dynamic conv as the core every exact form of it runs at least
 (floor-depthwise: the cheaper of K constant convs summed and one conv with a run-time kernel; see
-benchmarks/dynamic_depthwise.py); `--preferred` adds the deployment in the registry's order, untimed (what `--form
+benchmarks/dynamic_depthwise.py); with `--static` too, those floors also as static graphs (floor-*-static), against
+baseline-static; `--preferred` adds the deployment in the registry's order, untimed (what `--form
 preferred` ships: the per-layer timing sees a layer alone, not the layouts between layers);
 `--openvino-per-batch` adds the deploy graph on OpenVINO compiled for the batch it is given (reshaped to
 that static batch and cached per batch: what a runner could do with one dynamic-batch graph; polyexport's
@@ -170,6 +171,13 @@ def bench_pair(name: str, args, tmp: str) -> list[dict]:
                 for tag, m in (("deploy-static", deployed), ("baseline-static", convert(baseline, target=rt)[0])):
                     batch_paths[(tag, rt)] = static_fallback(m, xb, os.path.join(tmp, f"{name}-{tag}-{rt}-b{b}.onnx"),
                                                              info.setdefault(f"{tag}-{rt}-b{b}", {}))
+            static_floors: dict[str, str | None] = {}  # the floors as static graphs too: one per tag (the same model on each runtime)
+            for (tag, rt), m in graphs.items():
+                if tag.startswith("floor-") and tag != "floor-aggregation":
+                    if tag not in static_floors:
+                        static_floors[tag] = static_fallback(m, xb, os.path.join(tmp, f"{name}-{tag}-static-b{b}.onnx"),
+                                                             info.setdefault(f"{tag}-static-b{b}", {}))
+                    batch_paths[(f"{tag}-static", rt)] = static_floors[tag]
         for (tag, rt), path in batch_paths.items():
             if path is None and tag == "as-is":
                 path = static_fallback(model, xb, os.path.join(tmp, f"{name}-{tag}-b{b}.onnx"))
@@ -248,6 +256,14 @@ def _paired(row: dict, a: str, b: str) -> tuple[float, float, float] | None:
     return float(np.median(ratios)), ratios[0], ratios[-1]
 
 
+def _cheaper_core(row: dict, pattern: str, base: str) -> str | None:
+    """The depthwise floor's key: of the graphs `pattern` names for each depthwise core, the one cheaper against `base`
+    (by the paired per-repeat ratios where kept), None where none was timed."""
+    ms = row["ms"]
+    cores = [pattern.format(core) for core in DEPTHWISE_CORES if _ratio(ms, pattern.format(core), base)]
+    return min(cores, key=lambda k: (_paired(row, k, base) or (_ratio(ms, k, base),))[0], default=None)
+
+
 def _fmt_ratio(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
@@ -259,6 +275,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
               "static: deploy / baseline",
               "floor: (baseline + aggregation) / baseline", "floor: attention + aggregation computed, unused / baseline",
               "floor: that + depthwise core (cheaper of K static convs, one run-time kernel) / baseline",
+              "static floor: attention (+ depthwise core where the model has one) / baseline",
               "dynamic deploy / static as-is", "OpenVINO per-batch compile / baseline",
               "threads"]
     body = []
@@ -281,8 +298,10 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
             floor = ((ms[f"baseline/{rt}"] + ms[f"floor-aggregation/{rt}"]) / ms[f"baseline/{rt}"]
                      if ms.get(f"floor-aggregation/{rt}") and ms.get(f"baseline/{rt}") else None)
             base = f"baseline/{rt}"
-            cores = [f"floor-depthwise-{core}/{rt}" for core in DEPTHWISE_CORES if _ratio(ms, f"floor-depthwise-{core}/{rt}", base)]
-            depthwise = min(cores, key=lambda k: (_paired(r, k, base) or (_ratio(ms, k, base),))[0], default=None)
+            depthwise = _cheaper_core(r, "floor-depthwise-{}/" + rt, base)
+            static_base = f"baseline-static/{rt}"
+            static_floor = (_cheaper_core(r, "floor-depthwise-{}-static/" + rt, static_base)
+                            or (f"floor-attention-static/{rt}" if _ratio(ms, f"floor-attention-static/{rt}", static_base) else None))
             asis = _ratio(ms, f"deploy/{rt}", f"as-is/{rt}")
             per_batch = _ratio(ms, "deploy/openvino-per-batch", "baseline/openvino") if rt == "openvino" else None
             body.append([f"{r['model']} ({r['batch']})", rt, f"{bound}×",
@@ -291,6 +310,7 @@ def dynamic_kernels_markdown(rows: list[dict], rts: list[str]) -> str:
                          cell(_ratio(ms, f"deploy-static/{rt}", f"baseline-static/{rt}"), f"deploy-static/{rt}", f"baseline-static/{rt}"),
                          "—" if floor is None else f"{floor:.2f}×", cell(_ratio(ms, f"floor-attention/{rt}", base), f"floor-attention/{rt}", base),
                          cell(_ratio(ms, depthwise, base), depthwise, base) if depthwise else "—",
+                         cell(_ratio(ms, static_floor, static_base), static_floor, static_base) if static_floor else "—",
                          "—" if asis is None else f"{asis:.2f}×",
                          cell(per_batch), str(r.get("threads", ""))])
     return md_table(header, body)
