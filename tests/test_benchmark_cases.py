@@ -113,7 +113,6 @@ def test_depthwise_floor_cores_compute_what_they_claim(tmp_path):
         assert any(n.op_type == "Conv" and n.input[1] not in constants for n in graph.node), case.config
 
 
-
 def test_issue15_table_takes_the_cheaper_core_as_each_floor():
     """The issue-15 table's depthwise floors, dynamic and static: the cheaper core by the paired per-repeat ratios (not
     by the ratio of medians), the static one against the static baseline, the attention floor where no core was timed."""
